@@ -1,0 +1,1 @@
+"""Shared plumbing: configuration, errors, checkpoints."""
