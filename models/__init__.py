@@ -1,0 +1,23 @@
+"""Agent registry: the paper's model names -> agent classes (imported lazily)."""
+
+from __future__ import annotations
+
+import importlib
+
+from utils.errors import UserError
+
+MODELS: dict[str, str] = {
+    "CNN-PPO": "models.cnn_ppo:CNNPPO",
+    "Impala-PPO": "models.impala_ppo:ImpalaPPO",
+}
+
+
+def check_model(name: str) -> None:
+    if name not in MODELS:
+        raise UserError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
+
+
+def build_agent(name: str, obs_shape: tuple[int, ...], n_actions: int, cfg: dict):
+    check_model(name)
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(tuple(obs_shape), n_actions, cfg)

@@ -1,0 +1,69 @@
+"""Building blocks shared by all agents: the papers' small Impala-style CNN and actor/critic heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def to_float_image(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, C] -> float [B, C, H, W] in [0, 1]."""
+    return obs.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class SmallImpalaCNN(nn.Module):
+    """Conv(3->16s, k8 s4) - ReLU - Conv(16s->32s, k4 s2) - ReLU - Linear(->hidden) - ReLU.
+
+    Tiny inputs (9 px or less, e.g. RandomMaze's view) use k4 s2 then k2 s1 so the convolutions fit.
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], channel_scale: int = 1, hidden: int = 256):
+        super().__init__()
+        height, width, channels = obs_shape
+        small = min(height, width) <= 9
+        (k1, s1), (k2, s2) = ((4, 2), (2, 1)) if small else ((8, 4), (4, 2))
+        self.convs = nn.Sequential(
+            nn.Conv2d(channels, 16 * channel_scale, k1, s1), nn.ReLU(),
+            nn.Conv2d(16 * channel_scale, 32 * channel_scale, k2, s2), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, channels, height, width)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        self.out_dim = hidden
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight, gain=nn.init.calculate_gain("relu"))
+                nn.init.zeros_(module.bias)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.convs(to_float_image(obs)))
+
+
+def _head(in_dim: int, hidden: int, out_dim: int, out_gain: float) -> nn.Sequential:
+    head = nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.LayerNorm(hidden, elementwise_affine=False), nn.ReLU(),
+        nn.Linear(hidden, out_dim),
+    )
+    nn.init.orthogonal_(head[0].weight, gain=math.sqrt(2))
+    nn.init.orthogonal_(head[3].weight, gain=out_gain)
+    for layer in (head[0], head[3]):
+        nn.init.zeros_(layer.bias)
+    return head
+
+
+class ActorCritic(nn.Module):
+    """The papers' heads: actor Linear(->128)-LN-ReLU-Linear, critic Linear(->512)-LN-ReLU-Linear.
+
+    Output layers use the usual small gain for the policy (near-uniform start) and 1 for the value.
+    """
+
+    def __init__(self, in_dim: int, n_actions: int):
+        super().__init__()
+        self.actor = _head(in_dim, 128, n_actions, out_gain=0.01)
+        self.critic = _head(in_dim, 512, 1, out_gain=1.0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.actor(x), self.critic(x).squeeze(-1)

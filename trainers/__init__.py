@@ -1,0 +1,1 @@
+"""The one PPO trainer that serves every agent."""

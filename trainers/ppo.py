@@ -1,0 +1,377 @@
+"""PPO with clipped surrogate, GAE and the papers' schedules: one trainer for every agent.
+
+The trainer knows nothing about any particular agent: it drives the ``models.base.Agent``
+interface, stores whatever per-step ``features`` the agent returns, and hands them back in the
+update. Recurrent agents get whole per-env sequences as minibatch units.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs import success
+from models.base import Agent
+from trainers.gae import compute_gae
+from trainers.normalize import RewardNormalizer
+from trainers.schedules import decayed
+from utils.checkpoint import rng_state, save_checkpoint, set_rng_state
+
+LAST_CKPT_EVERY_S = 120.0  # ckpt_last.pt is also written at the end and on Ctrl-C
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def ppo_losses(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    entropy: torch.Tensor,
+    clip_range: float,
+    clip_range_vf: float | None,
+) -> dict[str, torch.Tensor]:
+    """The three PPO loss terms and the diagnostics that come with them."""
+    log_ratio = log_probs - old_log_probs
+    ratio = log_ratio.exp()
+    surrogate = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    if clip_range_vf is not None:
+        values = old_values + (values - old_values).clamp(-clip_range_vf, clip_range_vf)
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_fraction = ((ratio - 1).abs() > clip_range).float().mean()
+    return {
+        "policy_loss": surrogate.mean(),
+        "value_loss": (returns - values).pow(2).mean(),
+        "entropy_loss": -entropy.mean(),
+        "approx_kl": approx_kl,
+        "clip_fraction": clip_fraction,
+    }
+
+
+def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
+    var = target.var()
+    return float("nan") if var == 0 else float(1 - (target - pred).var() / var)
+
+
+class Rollout:
+    """Fixed-size storage for one rollout of ``steps`` x ``n_envs`` transitions."""
+
+    def __init__(self, steps: int, n_envs: int, obs_shape: tuple[int, ...], device: torch.device):
+        def zeros(*shape, dtype=torch.float32):
+            return torch.zeros(steps, n_envs, *shape, dtype=dtype, device=device)
+
+        self.steps, self.n_envs, self.device = steps, n_envs, device
+        self.obs = zeros(*obs_shape, dtype=torch.uint8)
+        self.actions = zeros(dtype=torch.long)
+        self.log_probs, self.values, self.rewards = zeros(), zeros(), zeros()
+        self.dones = zeros(dtype=torch.bool)
+        self.episode_starts = zeros(dtype=torch.bool)
+        self.features: dict[str, torch.Tensor] = {}
+        self.state: dict[str, torch.Tensor] = {}
+        self.advantages = self.returns = None
+
+    def add(self, t: int, obs, episode_start, out, rewards, dones) -> None:
+        self.obs[t], self.episode_starts[t] = obs, episode_start
+        self.actions[t], self.log_probs[t], self.values[t] = out.actions, out.log_probs, out.values
+        self.rewards[t], self.dones[t] = rewards, dones
+        for name, value in out.features.items():
+            if name not in self.features:
+                self.features[name] = torch.zeros(
+                    self.steps, *value.shape, dtype=value.dtype, device=self.device
+                )
+            self.features[name][t] = value
+
+    def minibatches(self, n_batches: int, recurrent: bool, generator: torch.Generator):
+        """Flat random minibatches, or for recurrent agents whole env sequences [T, b, ...]."""
+        fields = {
+            "obs": self.obs, "actions": self.actions, "log_probs": self.log_probs,
+            "values": self.values, "advantages": self.advantages, "returns": self.returns,
+            "episode_starts": self.episode_starts, **self.features,
+        }
+        if recurrent:
+            order = torch.randperm(self.n_envs, generator=generator).to(self.device)
+            for idx in order.chunk(min(n_batches, self.n_envs)):
+                batch = {k: v[:, idx] for k, v in fields.items()}
+                batch["state"] = {k: v[idx] for k, v in self.state.items()}
+                yield batch
+        else:
+            total = self.steps * self.n_envs
+            flat = {k: v.reshape(total, *v.shape[2:]) for k, v in fields.items()}
+            order = torch.randperm(total, generator=generator).to(self.device)
+            for idx in order.chunk(n_batches):
+                yield {k: v[idx] for k, v in flat.items()}
+
+
+class EpisodeStats:
+    """Raw (unnormalised) returns and lengths of the last 100 finished episodes."""
+
+    def __init__(self, n_envs: int):
+        self.returns, self.lengths = np.zeros(n_envs), np.zeros(n_envs, dtype=int)
+        self.recent_returns: deque[float] = deque(maxlen=100)
+        self.recent_lengths: deque[int] = deque(maxlen=100)
+        self.episodes = 0
+
+    def update(self, rewards: np.ndarray, dones: np.ndarray) -> None:
+        self.returns += rewards
+        self.lengths += 1
+        for i in np.flatnonzero(dones):
+            self.recent_returns.append(float(self.returns[i]))
+            self.recent_lengths.append(int(self.lengths[i]))
+            self.episodes += 1
+        self.returns[dones], self.lengths[dones] = 0.0, 0
+
+    def summary(self) -> dict[str, float]:
+        if not self.recent_returns:
+            return {}
+        returns = np.array(self.recent_returns)
+        return {
+            "rollout/ep_rew_mean": float(returns.mean()),
+            "rollout/ep_len_mean": float(np.mean(self.recent_lengths)),
+            "rollout/success_rate": float(np.mean([success(r) for r in returns])),
+        }
+
+    def state_dict(self) -> dict:
+        return {"recent_returns": list(self.recent_returns), "recent_lengths": list(self.recent_lengths),
+                "episodes": self.episodes}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent_returns.extend(state["recent_returns"])
+        self.recent_lengths.extend(state["recent_lengths"])
+        self.episodes = state["episodes"]
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        agent: Agent,
+        envs,
+        device: torch.device,
+        run_dir: Path | None = None,
+        writer=None,
+        progress: bool = True,
+    ):
+        self.cfg, self.agent, self.envs, self.device = cfg, agent, envs, device
+        self.run_dir, self.writer, self.progress = run_dir, writer, progress
+        self.n_envs = envs.num_envs
+        self.obs_shape = envs.single_observation_space.shape
+        params = [p for p in agent.parameters() if p.requires_grad]
+        optim_cls = torch.optim.AdamW if cfg["optimizer"] == "AdamW" else torch.optim.Adam
+        self.optimizer = optim_cls(params, lr=cfg["learning_rate"], eps=cfg["epsilon"])
+        self.normalizer = RewardNormalizer(self.n_envs, cfg["gamma"], cfg["clip_reward"], cfg["norm_reward"])
+        self.stats = EpisodeStats(self.n_envs)
+        self.rollout = Rollout(cfg["n_rollout_steps"], self.n_envs, self.obs_shape, device)
+        self.generator = torch.Generator().manual_seed(cfg["seed"])
+        self.step = 0
+        self.n_updates = 0
+        self.best_mean_return = -float("inf")
+        self.timers = {"env": 0.0, "act": 0.0, "update": 0.0}
+        self.last_losses: dict[str, float] = {}
+        self.stop_requested = False
+        self._last_ckpt_time = time.monotonic()
+
+    # -- schedules ---------------------------------------------------------------------------
+    def progress_fraction(self) -> float:
+        return self.step / self.cfg["n_steps"]
+
+    def current(self, name: str) -> float:
+        cfg, p = self.cfg, self.progress_fraction()
+        if name == "learning_rate":
+            return decayed(cfg["learning_rate"], cfg["min_lr"], cfg["lr_decay"], p)
+        if name == "ent_coef":
+            return decayed(cfg["ent_coef"], cfg["min_ent_coef"], cfg["ent_decay"], p)
+        return decayed(cfg["clip_range"], cfg["min_clip_range"], cfg["clip_decay"], p)
+
+    # -- rollout -----------------------------------------------------------------------------
+    def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    def collect_rollout(self) -> None:
+        agent, rollout, gamma = self.agent, self.rollout, self.cfg["gamma"]
+        rollout.state = agent.rollout_state()
+        for t in range(rollout.steps):
+            tick = time.perf_counter()
+            obs = self._to_tensor(self.obs)
+            starts = self._to_tensor(self.episode_start)
+            with torch.no_grad():
+                out = agent.act(obs, starts)
+            actions = out.actions.cpu().numpy()
+            self.timers["act"] += time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+            self.timers["env"] += time.perf_counter() - tick
+
+            dones = terminated | truncated
+            self.stats.update(rewards, dones)
+            scaled = self.normalizer(rewards, dones)
+            bootstrap = truncated & ~terminated
+            if bootstrap.any():  # a time limit is not a termination: bootstrap from V(final obs)
+                tick = time.perf_counter()
+                final = next_obs.copy()
+                for i in np.flatnonzero(bootstrap):
+                    final[i] = info["final_obs"][i]
+                with torch.no_grad():
+                    final_values = agent.peek_values(
+                        self._to_tensor(final), torch.zeros(self.n_envs, dtype=torch.bool, device=self.device)
+                    ).cpu().numpy()
+                scaled[bootstrap] += gamma * final_values[bootstrap]
+                self.timers["act"] += time.perf_counter() - tick
+            rollout.add(t, obs, starts, out, self._to_tensor(scaled), self._to_tensor(dones))
+            self.obs, self.episode_start = next_obs, dones
+            self.step += self.n_envs
+            if self.stop_requested:
+                return
+        with torch.no_grad():
+            last_values = agent.peek_values(self._to_tensor(self.obs), self._to_tensor(self.episode_start))
+        rollout.advantages, rollout.returns = compute_gae(
+            rollout.rewards, rollout.values, rollout.dones, last_values, gamma, self.cfg["gae_lambda"]
+        )
+
+    # -- update ------------------------------------------------------------------------------
+    def update(self) -> dict[str, float]:
+        cfg, agent = self.cfg, self.agent
+        lr, ent_coef, clip_range = (self.current(k) for k in ("learning_rate", "ent_coef", "clip_range"))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        sums: dict[str, list[float]] = {}
+        agent.train()
+        for _ in range(cfg["n_epochs"]):
+            for batch in self.rollout.minibatches(cfg["n_batches"], agent.recurrent, self.generator):
+                log_probs, entropy, values = agent.evaluate(batch)
+                flat = {k: batch[k].reshape(-1) for k in ("log_probs", "values", "returns", "advantages")}
+                advantages = flat["advantages"]
+                if cfg["adv_norm"] and advantages.numel() > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                losses = ppo_losses(
+                    log_probs, flat["log_probs"], advantages, values, flat["values"], flat["returns"],
+                    entropy, clip_range, cfg["clip_range_vf"],
+                )
+                loss = losses["policy_loss"] + ent_coef * losses["entropy_loss"] + cfg["vf_coef"] * losses["value_loss"]
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step}")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], cfg["max_grad_norm"])
+                self.optimizer.step()
+                for name, value in losses.items():
+                    sums.setdefault(name, []).append(value.item())
+                sums.setdefault("loss", []).append(loss.item())
+        agent.eval()
+        self.n_updates += 1
+        logs = {f"train/{k}": float(np.mean(v)) for k, v in sums.items()}
+        logs["train/entropy"] = -logs.pop("train/entropy_loss")
+        logs["train/explained_variance"] = explained_variance(self.rollout.values.flatten(), self.rollout.returns.flatten())
+        logs.update({"train/learning_rate": lr, "train/ent_coef": ent_coef, "train/clip_range": clip_range,
+                     "train/n_updates": self.n_updates})
+        return logs
+
+    # -- main loop ---------------------------------------------------------------------------
+    def train(self) -> str:
+        """Train until ``n_steps``; returns 'done' or 'interrupted' (Ctrl-C, checkpoint saved)."""
+        self.obs, _ = self.envs.reset(seed=self.cfg["seed"] + self.step)
+        self.episode_start = np.ones(self.n_envs, dtype=bool)
+        self.agent.reset_memory(self.n_envs)
+        self.agent.eval()
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        bar = self._progress_bar()
+        start_time, start_step = time.perf_counter(), self.step
+        status = "done"
+        try:
+            while self.step < self.cfg["n_steps"]:
+                before = self.step
+                self.collect_rollout()
+                if self.stop_requested:
+                    status = "interrupted"
+                    break
+                tick = time.perf_counter()
+                logs = self.update()
+                self.timers["update"] += time.perf_counter() - tick
+                logs.update(self.stats.summary())
+                logs.update(self.agent.step_log())
+                elapsed = time.perf_counter() - start_time
+                logs["time/fps"] = (self.step - start_step) / max(elapsed, 1e-9)
+                logs.update({f"time/{k}_s": v for k, v in self.timers.items()})
+                self.last_losses = logs
+                self._log(logs)
+                self._maybe_checkpoint(logs)
+                if bar is not None:
+                    bar.update(self.step - before)
+                    bar.set_postfix(ret=f"{logs.get('rollout/ep_rew_mean', float('nan')):.3f}", refresh=False)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+        if self.cfg["save_ckpt"] and self.run_dir is not None:
+            self.save("ckpt_last.pt")
+        if self.writer is not None:
+            self.writer.flush()
+        return status
+
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.cfg["n_steps"], initial=self.step, unit="step", unit_scale=True, dynamic_ncols=True)
+
+    def _log(self, logs: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for name, value in logs.items():
+            self.writer.add_scalar(name, value, self.step)
+
+    def _maybe_checkpoint(self, logs: dict[str, float]) -> None:
+        if not self.cfg["save_ckpt"] or self.run_dir is None:
+            return
+        mean_return = logs.get("rollout/ep_rew_mean")
+        if mean_return is not None and mean_return > self.best_mean_return:
+            self.best_mean_return = mean_return
+            self.save("ckpt_best.pt")
+        if time.monotonic() - self._last_ckpt_time > LAST_CKPT_EVERY_S:
+            self.save("ckpt_last.pt")
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg,
+            "agent": self.agent.checkpoint_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "n_updates": self.n_updates,
+            "best_mean_return": self.best_mean_return,
+            "reward_norm": self.normalizer.state_dict(),
+            "episode_stats": self.stats.state_dict(),
+            "rng": rng_state(),
+            "generator": self.generator.get_state(),
+        }
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.run_dir / name, self.state_dict())
+        if name == "ckpt_last.pt":
+            self._last_ckpt_time = time.monotonic()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.agent.load_checkpoint_state(state["agent"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.n_updates = state["step"], state["n_updates"]
+        self.best_mean_return = state["best_mean_return"]
+        self.normalizer.load_state_dict(state["reward_norm"])
+        self.stats.load_state_dict(state["episode_stats"])
+        set_rng_state(state["rng"])
+        self.generator.set_state(state["generator"])

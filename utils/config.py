@@ -1,0 +1,195 @@
+"""Experiment configuration: one flat dict of typed keys, from JSON files and ``--var`` overrides.
+
+Every key has a declared type and default here, so that a typo or a wrong type is an error that
+names the key, instead of a setting that is silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from utils.errors import UserError
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    type: type
+    optional: bool = False  # may be null
+    choices: tuple[str, ...] | None = None
+    help: str = ""
+
+
+DECAYS = ("none", "linear", "exponential")
+
+SCHEMA: dict[str, Key] = {
+    # experiment
+    "env": Key("MiniGrid-KeyCorridorS3R1-v0", str, help="environment id"),
+    "model": Key("HELM", str, help="agent: CNN-PPO, Impala-PPO, HELM, ..."),
+    "seed": Key(None, int, optional=True, help="null draws a seed and records it"),
+    "device": Key("auto", str, choices=("auto", "cpu", "cuda"), help="auto: cuda if available"),
+    "save_ckpt": Key(1, int, help="1 writes ckpt_best.pt and ckpt_last.pt"),
+    "source": Key("", str, help="where the numbers of this config come from (documentation only)"),
+    # environment
+    "n_envs": Key(16, int),
+    "vec_env": Key("sync", str, choices=("sync", "async")),
+    "norm_reward": Key(True, bool, help="divide rewards by the running std of the return"),
+    "clip_reward": Key(1.0, float, help="clip normalised rewards to [-clip_reward, clip_reward]"),
+    # PPO
+    "n_steps": Key(500_000, int, help="total environment steps over all envs"),
+    "n_rollout_steps": Key(128, int, help="steps per env per rollout"),
+    "n_epochs": Key(3, int),
+    "n_batches": Key(8, int, help="minibatches per epoch"),
+    "learning_rate": Key(1e-4, float),
+    "lr_decay": Key("none", str, choices=DECAYS),
+    "min_lr": Key(1e-6, float, help="final learning rate of a decay"),
+    "ent_coef": Key(0.05, float),
+    "ent_decay": Key("none", str, choices=DECAYS),
+    "min_ent_coef": Key(0.0, float),
+    "clip_range": Key(0.2, float),
+    "clip_decay": Key("none", str, choices=DECAYS),
+    "min_clip_range": Key(0.05, float),
+    "clip_range_vf": Key(None, float, optional=True, help="null: no value clipping"),
+    "gamma": Key(0.99, float),
+    "gae_lambda": Key(0.99, float),
+    "vf_coef": Key(0.5, float),
+    "max_grad_norm": Key(0.5, float),
+    "adv_norm": Key(True, bool, help="normalise advantages per minibatch"),
+    "optimizer": Key("AdamW", str, choices=("Adam", "AdamW")),
+    "epsilon": Key(1e-8, float, help="optimizer epsilon"),
+    # language-model memory (HELM family)
+    "lm": Key("minilm", str, help="hub id or local dir; 'minilm' = offline pretrained MiniLM"),
+    "lm_mode": Key("auto", str, choices=("auto", "causal", "bidirectional")),
+    "lm_layers": Key(None, int, optional=True, help="keep only the first N LM layers"),
+    "mem_len": Key(511, int, help="tokens the LM memory keeps per env"),
+    "beta": Key(100.0, float, help="FrozenHopfield inverse temperature"),
+}
+
+
+def defaults() -> dict[str, Any]:
+    return {name: key.default for name, key in SCHEMA.items()}
+
+
+def _unknown_key(name: str) -> UserError:
+    close = difflib.get_close_matches(name, SCHEMA, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return UserError(f"unknown config key '{name}'{hint}")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Check (and for JSON numbers, convert) one value against the key's declared type."""
+    if name not in SCHEMA:
+        raise _unknown_key(name)
+    key = SCHEMA[name]
+    bad = UserError(
+        f"config key '{name}': {value!r} is not a valid {key.type.__name__}"
+        + (" or null" if key.optional else "")
+    )
+    if value is None:
+        if key.optional:
+            return None
+        raise bad
+    if key.type is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, int) and value in (0, 1):
+            out = bool(value)
+        else:
+            raise bad
+    elif key.type is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise bad
+        out = value
+    elif key.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        out = float(value)
+    else:
+        if not isinstance(value, str):
+            raise bad
+        out = value
+    if key.choices is not None and out not in key.choices:
+        raise UserError(f"config key '{name}': {out!r} is not one of {', '.join(key.choices)}")
+    return out
+
+
+def parse_cli_value(name: str, text: str) -> Any:
+    """Parse a ``--var KEY=VALUE`` string to the type of KEY (ints accept ``5e5``)."""
+    if name not in SCHEMA:
+        raise _unknown_key(name)
+    key = SCHEMA[name]
+    if text.lower() in ("null", "none"):
+        return coerce(name, None)
+    if key.type is bool:
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        return coerce(name, text)
+    if key.type in (int, float):
+        try:
+            number: Any = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                raise UserError(
+                    f"config key '{name}': {text!r} is not a valid {key.type.__name__}"
+                ) from None
+        return coerce(name, number)
+    return coerce(name, text)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"config file {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a JSON object")
+    return {name: coerce(name, value) for name, value in data.items()}
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--var expects KEY=VALUE, got {pair!r}")
+        name, text = pair.split("=", 1)
+        out[name.strip()] = parse_cli_value(name.strip(), text.strip())
+    return out
+
+
+def resolve(config_file: str | Path, overrides: list[str]) -> dict[str, Any]:
+    """Defaults < config file < ``--var`` overrides."""
+    cfg = defaults()
+    cfg.update(load_file(config_file))
+    cfg.update(parse_overrides(overrides))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Cross-key checks that a single key's type cannot express."""
+    for name in ("n_envs", "n_steps", "n_rollout_steps", "n_epochs", "n_batches", "mem_len"):
+        if cfg[name] < 1:
+            raise UserError(f"config key '{name}' must be >= 1, got {cfg[name]}")
+    if cfg["n_envs"] * cfg["n_rollout_steps"] < cfg["n_batches"]:
+        raise UserError("n_envs * n_rollout_steps must be at least n_batches")
+    for name in ("learning_rate", "clip_range", "gamma"):
+        if cfg[name] <= 0:
+            raise UserError(f"config key '{name}' must be > 0, got {cfg[name]}")
+    if not 0 <= cfg["gae_lambda"] <= 1 or not 0 < cfg["gamma"] <= 1:
+        raise UserError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
