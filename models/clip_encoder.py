@@ -1,0 +1,262 @@
+"""Frozen CLIP encoders for HELMv2 and SHELM.
+
+CLIP is never trained here, so everything runs under ``torch.inference_mode`` and image
+embeddings are memoised: environments such as MiniGrid revisit the same frames constantly, and a
+ViT forward is by far the most expensive part of an env step.
+
+Exactness of the cache: a cached embedding is, bit for bit, the value CLIP produced the first time
+that frame was encoded. Only the cache misses of a batch go through CLIP, in one batched forward,
+and CPU/GPU matmul kernels may round differently for different batch *sizes* (measured on CPU:
+up to ~1e-6 absolute on unit-scale embeddings; same-size batches with other contents agree
+exactly). So a batch with some hits can differ from an uncached forward of the full batch in the
+last bits; a batch that is all misses (no duplicates) is bit-identical to the uncached forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+
+from utils.errors import UserError
+
+# CLIP's normalisation constants (the values used by OpenAI CLIP and every HF CLIP checkpoint).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_clip(clip_model: str) -> transformers.CLIPModel:
+    """Load a CLIP model (hub id or local directory), frozen and in eval mode.
+
+    Fails with a one-line ``UserError`` rather than a hub traceback, because the usual causes
+    (typo in a path, no network for an uncached hub id) are fixed by the user.
+    """
+    # Hub ids look like "name" or "org/name"; anything else is meant as a local path.
+    looks_like_path = clip_model.startswith((".", "/", "~")) or clip_model.count("/") > 1
+    expanded = os.path.expanduser(clip_model)
+    if os.path.exists(expanded):
+        clip_model = expanded
+    elif looks_like_path:
+        raise UserError(f"CLIP model path does not exist: {clip_model}")
+    try:
+        try:
+            # The local cache first: no network round trips (and retries) when the model is there.
+            clip = transformers.CLIPModel.from_pretrained(clip_model, local_files_only=True)
+        except OSError:
+            if os.path.isdir(clip_model) or _hub_offline():
+                raise
+            clip = transformers.CLIPModel.from_pretrained(clip_model)
+    except OSError as exc:
+        if os.path.isdir(clip_model):
+            raise UserError(f"{clip_model} is not a CLIP model directory ({_first_line(exc)})") from exc
+        raise UserError(
+            f"cannot load CLIP model {clip_model!r}: not in the local Hugging Face cache and not downloadable; "
+            f"point clip_model at a local directory that holds a saved CLIP model"
+        ) from exc
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{clip_model} is not a usable CLIP model: {_first_line(exc)}") from exc
+    clip.requires_grad_(False)
+    clip.eval()
+    return clip
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class CLIPImageEncoder(torch.nn.Module):
+    """Frozen CLIP vision tower + projection: uint8 frames -> image embeddings, with an exact LRU feature cache."""
+
+    def __init__(self, clip: transformers.CLIPModel, cache_size: int = 100_000) -> None:
+        super().__init__()
+        if cache_size < 0:
+            raise ValueError(f"cache_size must be >= 0, got {cache_size}")
+        self.clip = clip
+        self.clip.requires_grad_(False)
+        self.clip.eval()
+        self.embed_dim: int = int(clip.config.projection_dim)
+        self.image_size: int = int(clip.config.vision_config.image_size)
+        self.cache_size = cache_size
+        # Buffers so that .to(device) moves them along; not persistent (they are constants).
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.forward_calls = 0  # CLIP vision forwards actually run
+        self.images_encoded = 0  # images that actually went through CLIP
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def train(self, mode: bool = True) -> "CLIPImageEncoder":
+        """Keep CLIP in eval mode even when a parent policy switches to training."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def hit_rate(self) -> float:
+        """Fraction of images served without their own CLIP forward since the last reset."""
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def reset_stats(self) -> None:
+        """Zero the hit/miss and forward counters (the cached features are kept)."""
+        self.hits = self.misses = self.forward_calls = self.images_encoded = 0
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def cache_len(self) -> int:
+        return len(self._cache)
+
+    # -- computation ---------------------------------------------------------------------------
+
+    def preprocess(self, frames_bhwc_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 [B,H,W,3] -> normalised float [B,3,S,S], as torchvision Resize(S) + CenterCrop(S).
+
+        The short side is resized to S (bicubic, antialiased) and the long side cropped, so
+        non-square frames (MiniWorld 60x80) keep their aspect ratio instead of being squashed.
+        """
+        x = torch.as_tensor(frames_bhwc_uint8, device=self.mean.device)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected frames of shape [B, H, W, 3], got {tuple(x.shape)}")
+        x = x.permute(0, 3, 1, 2).float() / 255.0
+        side = self.image_size
+        h, w = x.shape[-2:]
+        if (h, w) != (side, side):
+            short, long = min(h, w), max(h, w)
+            new_long = int(side * long / short)  # torchvision truncates the same way
+            size = (side, new_long) if h <= w else (new_long, side)
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+            top = int(round((x.shape[-2] - side) / 2.0))
+            left = int(round((x.shape[-1] - side) / 2.0))
+            x = x[..., top : top + side, left : left + side]
+        return (x - self.mean) / self.std
+
+    def _encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """One batched CLIP forward on uint8 frames; returns float32 [B, embed_dim]."""
+        pixels = self.preprocess(frames).to(self.clip.dtype)
+        out = self.clip.get_image_features(pixel_values=pixels)
+        emb = out.pooler_output if hasattr(out, "pooler_output") else out
+        self.forward_calls += 1
+        self.images_encoded += frames.shape[0]
+        return emb.float()
+
+    @staticmethod
+    def _key(frame: np.ndarray) -> bytes:
+        # 128-bit digest of shape + raw bytes: collisions are astronomically unlikely, and keys stay
+        # 16 bytes instead of a full frame copy per entry.
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(np.asarray(frame.shape, dtype=np.int64).tobytes())
+        digest.update(frame.tobytes())
+        return digest.digest()
+
+    def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """[B,H,W,3] uint8 -> [B, embed_dim] float32 projected CLIP image embeddings.
+
+        The result is a normal (non-inference) tensor, so it may be fed into trained layers.
+        Identical frames within one batch are encoded once.
+        """
+        if isinstance(frames, torch.Tensor):
+            if frames.dtype != torch.uint8:
+                raise ValueError(f"expected uint8 frames, got {frames.dtype}")
+            frames_np = None
+        else:
+            frames_np = np.asarray(frames)
+            if frames_np.dtype != np.uint8:
+                raise ValueError(f"expected uint8 frames, got {frames_np.dtype}")
+            frames = torch.from_numpy(np.ascontiguousarray(frames_np))
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected frames of shape [B, H, W, 3], got {tuple(frames.shape)}")
+        batch = frames.shape[0]
+        device = self.mean.device
+
+        if self.cache_size == 0:
+            with torch.inference_mode():
+                emb = self._encode(frames)
+            self.misses += batch
+            return emb.clone()  # clone outside inference mode -> ordinary tensor
+
+        with torch.inference_mode():
+            if frames_np is None:
+                frames_np = frames.detach().cpu().contiguous().numpy()
+            keys = [self._key(frames_np[i]) for i in range(batch)]
+
+            rows: list[torch.Tensor | None] = [None] * batch
+            miss_index: dict[bytes, int] = {}  # key -> position in the miss batch
+            miss_rows: list[int] = []  # batch positions that go through CLIP
+            for i, key in enumerate(keys):
+                cached = self._cache.get(key)
+                if cached is not None:
+                    self._cache.move_to_end(key)
+                    rows[i] = cached
+                    self.hits += 1
+                elif key in miss_index:
+                    self.hits += 1  # duplicate of a miss earlier in this batch: no extra forward
+                else:
+                    miss_index[key] = len(miss_rows)
+                    miss_rows.append(i)
+                    self.misses += 1
+
+            if miss_rows:
+                index = torch.as_tensor(miss_rows, dtype=torch.long)
+                new = self._encode(frames[index.to(frames.device)])
+                for key, j in miss_index.items():
+                    # clone: a view would pin the whole batch's storage for as long as one row lives
+                    self._cache[key] = new[j].clone()
+                for i, key in enumerate(keys):
+                    if rows[i] is None:
+                        rows[i] = new[miss_index[key]]
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+
+        # Outside inference mode: stack/clone produce an ordinary tensor usable by autograd.
+        return torch.stack([r.to(device) for r in rows])  # type: ignore[union-attr]
+
+
+def encode_texts(
+    clip: transformers.CLIPModel,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """L2-normalised CLIP text embeddings [N, D] (float32, CPU), computed in fixed batches.
+
+    Batches are formed in input order, so the same call gives the same bits every time.
+    """
+    if not texts:
+        return torch.zeros(0, int(clip.config.projection_dim))
+    device = next(clip.parameters()).device
+    max_len = int(clip.config.text_config.max_position_embeddings)
+    starts = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="CLIP text", unit="batch")
+    chunks = []
+    with torch.inference_mode():
+        for start in starts:
+            enc = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
+            out = clip.get_text_features(
+                input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
+            )
+            emb = out.pooler_output if hasattr(out, "pooler_output") else out
+            chunks.append(F.normalize(emb.float(), dim=-1).cpu())
+    return torch.cat(chunks).clone()
