@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Tiny settings that make a run of main.py take seconds.
+TINY = [
+    "--var", "n_envs=2", "--var", "n_rollout_steps=16", "--var", "n_batches=2", "--var", "n_epochs=1",
+    "--var", "n_steps=64", "--var", "seed=1",
+]
+
+
+@pytest.fixture
+def experiments(tmp_path):
+    return tmp_path / "experiments"
+
+
+def run_main(*args, experiments: Path):
+    import main
+
+    return main.main([*TINY, *args, "--experiments-dir", str(experiments), "--no-progress"])

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from models import build_agent
+from utils.checkpoint import load_checkpoint, resolve_checkpoint_path, save_checkpoint
+from utils.config import defaults
+from utils.errors import UserError
+
+
+def _agent_and_optimizer():
+    agent = build_agent("CNN-PPO", (56, 56, 3), 7, defaults())
+    opt = torch.optim.AdamW(agent.parameters(), lr=1e-3)
+    loss = sum(p.sum() for p in agent.parameters())
+    loss.backward()
+    opt.step()
+    return agent, opt
+
+
+def test_round_trip_restores_parameters_and_optimizer(tmp_path):
+    agent, opt = _agent_and_optimizer()
+    save_checkpoint(tmp_path / "ckpt.pt", {"config": {"a": 1}, "agent": agent.checkpoint_state(),
+                                           "optimizer": opt.state_dict(), "step": 7})
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+    payload = load_checkpoint(tmp_path / "ckpt.pt")
+    other = build_agent("CNN-PPO", (56, 56, 3), 7, defaults())
+    other.load_checkpoint_state(payload["agent"])
+    for (name, a), b in zip(agent.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), name
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    opt2.load_state_dict(payload["optimizer"])
+    for s1, s2 in zip(opt.state.values(), opt2.state.values()):
+        assert torch.equal(s1["exp_avg"], s2["exp_avg"]) and torch.equal(s1["exp_avg_sq"], s2["exp_avg_sq"])
+    assert payload["step"] == 7
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"config": {}, "agent": {}, "optimizer": {}, "step": 1})
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"config": {}, "agent": {}, "optimizer": {}, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_bad_checkpoints_are_user_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        resolve_checkpoint_path(tmp_path / "missing.pt")
+    with pytest.raises(UserError, match="no checkpoint"):
+        resolve_checkpoint_path(tmp_path)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": 1}, foreign)
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
+        load_checkpoint(foreign)
+
+
+def test_mismatched_agent_state_is_refused():
+    agent = build_agent("CNN-PPO", (56, 56, 3), 7, defaults())
+    lstm = build_agent("Impala-PPO", (56, 56, 3), 7, defaults())
+    with pytest.raises((ValueError, RuntimeError)):
+        lstm.load_checkpoint_state(agent.checkpoint_state())
