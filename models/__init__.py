@@ -9,6 +9,7 @@ from utils.errors import UserError
 MODELS: dict[str, str] = {
     "CNN-PPO": "models.cnn_ppo:CNNPPO",
     "Impala-PPO": "models.impala_ppo:ImpalaPPO",
+    "HELM": "models.helm:HELM",
 }
 
 
