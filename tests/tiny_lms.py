@@ -1,0 +1,76 @@
+"""Tiny random language models saved to disk, so tests load them like real ones (no downloads)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import BertConfig, BertModel, BertTokenizer, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+
+def _save(model, path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    return str(path)
+
+
+def tiny_gpt2(path: str, n_layer: int = 2, n_positions: int = 64, vocab_size: int = 100, seed: int = 0) -> str:
+    """GPT-2 (absolute positions) with 32-dim states; returns the directory."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        n_layer=n_layer,
+        n_embd=32,
+        n_head=4,
+        n_positions=n_positions,
+        vocab_size=vocab_size,
+        bos_token_id=None,  # the defaults (50256) lie outside a tiny vocabulary
+        eos_token_id=None,
+    )
+    return _save(GPT2Model(config), path)
+
+
+def tiny_llama(path: str, n_layer: int = 2, vocab_size: int = 100, seed: int = 0) -> str:
+    """Llama-style model (RoPE, grouped-query attention) with 32-dim states; returns the directory."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=n_layer,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=128,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    return _save(LlamaModel(config), path)
+
+
+def tiny_bert(
+    path: str,
+    n_layer: int = 2,
+    max_position_embeddings: int = 64,
+    vocab_size: int = 100,
+    seed: int = 0,
+    with_tokenizer: bool = True,
+) -> str:
+    """Encoder-only BERT with 32-dim states (and a matching word-piece tokenizer); returns the directory."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=n_layer,
+        num_attention_heads=4,
+        max_position_embeddings=max_position_embeddings,
+        vocab_size=vocab_size,
+    )
+    _save(BertModel(config), path)
+    if with_tokenizer:
+        special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        words = [f"w{i}" for i in range(vocab_size - len(special))]
+        vocab_file = os.path.join(path, "vocab.txt")
+        with open(vocab_file, "w") as f:
+            f.write("\n".join(special + words) + "\n")
+        BertTokenizer(vocab_file).save_pretrained(path)
+    return str(path)
