@@ -21,4 +21,17 @@ def check_model(name: str) -> None:
 def build_agent(name: str, obs_shape: tuple[int, ...], n_actions: int, cfg: dict):
     check_model(name)
     module, cls = MODELS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(tuple(obs_shape), n_actions, cfg)
+    agent_cls = getattr(importlib.import_module(module), cls)
+    _quiet_transformers()
+    return agent_cls(tuple(obs_shape), n_actions, cfg)
+
+
+def _quiet_transformers() -> None:
+    """No per-tensor 'Loading weights' bars or info logs from pretrained models we load."""
+    import sys
+
+    if "transformers" in sys.modules:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()
