@@ -55,6 +55,10 @@ class Agent(nn.Module):
         """Extra scalars for TensorBoard (e.g. a feature-cache hit rate)."""
         return {}
 
+    def step_text(self) -> dict[str, str]:
+        """Text for TensorBoard, logged every few updates (e.g. the words in env 0's memory)."""
+        return {}
+
     # -- checkpoints: everything but the frozen pretrained weights ---------------------------
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith(self.frozen_prefixes)}

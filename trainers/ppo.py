@@ -25,6 +25,7 @@ from trainers.schedules import decayed
 from utils.checkpoint import rng_state, save_checkpoint, set_rng_state
 
 LAST_CKPT_EVERY_S = 120.0  # ckpt_last.pt is also written at the end and on Ctrl-C
+TEXT_EVERY_UPDATES = 10  # how often the agent's step_text() goes to TensorBoard
 
 
 class NonFiniteLossError(RuntimeError):
@@ -335,6 +336,9 @@ class PPOTrainer:
             return
         for name, value in logs.items():
             self.writer.add_scalar(name, value, self.step)
+        if self.n_updates % TEXT_EVERY_UPDATES == 1:
+            for name, text in self.agent.step_text().items():
+                self.writer.add_text(name, text, self.step)
 
     def _maybe_checkpoint(self, logs: dict[str, float]) -> None:
         if not self.cfg["save_ckpt"] or self.run_dir is None:
