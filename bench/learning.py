@@ -31,19 +31,25 @@ MODELS = ["HELM", "Impala-PPO", "CNN-PPO"]
 
 def run_one(runs: Path, env: str, model: str, seed: int, budget: int, extra: list[str]) -> Path:
     run_dir = runs / model / env / f"seed{seed}"
-    if (run_dir / "ckpt_last.pt").exists():
-        return run_dir
-    if run_dir.exists():  # an unfinished earlier attempt: start it again
-        import shutil
+    if (run_dir / "ckpt_last.pt").exists():  # an earlier attempt: done, or continue it
+        import torch
 
-        shutil.rmtree(run_dir)
-    cmd = [sys.executable, str(ROOT / "main.py"), "--var", f"env={env}", "--var", f"model={model}",
-           "--seed", str(seed), "--var", f"n_steps={budget}", "--run-id", f"seed{seed}",
-           "--experiments-dir", str(runs), "--no-progress", *extra]
+        if torch.load(run_dir / "ckpt_last.pt", weights_only=False)["step"] >= budget:
+            return run_dir
+        cmd = [sys.executable, str(ROOT / "main.py"), "--resume", str(run_dir), "--var", f"n_steps={budget}",
+               "--no-progress"]
+    else:
+        if run_dir.exists():  # started but never checkpointed: start again
+            import shutil
+
+            shutil.rmtree(run_dir)
+        cmd = [sys.executable, str(ROOT / "main.py"), "--var", f"env={env}", "--var", f"model={model}",
+               "--seed", str(seed), "--var", f"n_steps={budget}", "--run-id", f"seed{seed}",
+               "--experiments-dir", str(runs), "--no-progress", *extra]
     env_vars = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     log = runs / f"{model}_{env}_seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as handle:
+    with open(log, "a") as handle:
         subprocess.run(cmd, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env_vars, cwd=ROOT)
     return run_dir
 
