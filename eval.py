@@ -3,11 +3,16 @@
 Rebuilds the agent from the config saved in the checkpoint, runs episodes, prints mean +- std
 return, success rate and episode length, and saves the episodes (observations, actions, rewards,
 and whatever per-step trace the agent offers) under ``RUN_DIR/eval/<time>/``.
+
+Agents with an LM memory (HELM, HELMv2, SHELM) describe each step by the words (tokens) they fed
+to their memory: ``trace.json`` / ``trace.csv`` hold one row per env step (episode, step, action,
+reward, words), and ``--video`` captions every frame with that step's words.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -27,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--random", action="store_true", help="uniformly random actions (a chance baseline)")
     parser.add_argument("--video", action="store_true", help="write a GIF of the first episodes")
     parser.add_argument("--video-episodes", type=int, default=3)
+    parser.add_argument("--trace-format", default="json", choices=("json", "csv"),
+                        help="file format of the per-step trace (trace.json or trace.csv)")
     parser.add_argument("--seed", type=int, default=12345, help="env seed (different from training's)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--out", help="output directory (default: RUN_DIR/eval/<time>)")
@@ -71,26 +78,74 @@ def run_episodes(agent, envs, n_episodes: int, deterministic: bool, random_actio
     return episodes
 
 
-def save_episodes(episodes: list[dict], out_dir: Path) -> None:
+def trace_rows(episodes: list[dict]) -> list[dict]:
+    """One row per env step: episode, step, action, reward and the agent's description of the step."""
+    return [
+        {"episode": n, "step": t, "action": a, "reward": r, **(info or {})}
+        for n, ep in enumerate(episodes)
+        for t, (a, r, info) in enumerate(zip(ep["actions"], ep["rewards"], ep["trace"]))
+    ]
+
+
+def _cell(value) -> str:
+    """CSV cell: lists (e.g. several words per step) are joined by spaces."""
+    return " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def save_episodes(episodes: list[dict], out_dir: Path, trace_format: str = "json") -> None:
     arrays = {}
     for n, ep in enumerate(episodes):
         arrays[f"obs_{n}"] = np.stack(ep["obs"])
         arrays[f"actions_{n}"] = np.array(ep["actions"])
         arrays[f"rewards_{n}"] = np.array(ep["rewards"], dtype=np.float32)
     np.savez_compressed(out_dir / "episodes.npz", **arrays)
-    if any(t is not None for ep in episodes for t in ep["trace"]):
-        trace = [
-            {"episode": n, "step": t, "action": a, "reward": r, **(info or {})}
-            for n, ep in enumerate(episodes)
-            for t, (a, r, info) in enumerate(zip(ep["actions"], ep["rewards"], ep["trace"]))
-        ]
-        (out_dir / "trace.json").write_text(json.dumps(trace, indent=1) + "\n")
+    if not any(t is not None for ep in episodes for t in ep["trace"]):
+        return
+    rows = trace_rows(episodes)
+    if trace_format == "json":
+        (out_dir / "trace.json").write_text(json.dumps(rows, indent=1) + "\n")
+        return
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out_dir / "trace.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
 
 
-def save_video(episodes: list[dict], path: Path, scale: int = 4) -> None:
+def caption(step: int, action: int, reward: float, info: dict | None) -> str:
+    words = (info or {}).get("words")
+    text = f"t={step} a={action} r={reward:g}"
+    return f"{text}: {_cell(words)}" if words is not None else text
+
+
+def captioned(frame: np.ndarray, text: str, width_chars: int, lines: int) -> np.ndarray:
+    """The frame with ``lines`` lines of text drawn on a black band under it (PIL's default font)."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    line_h = 12
+    image = Image.new("RGB", (frame.shape[1], frame.shape[0] + lines * line_h + 4))
+    image.paste(Image.fromarray(frame), (0, 0))
+    wrapped = textwrap.wrap(text, width_chars)[:lines]
+    ImageDraw.Draw(image).multiline_text((2, frame.shape[0] + 2), "\n".join(wrapped), fill=(255, 255, 255),
+                                         font=font, spacing=2)
+    return np.asarray(image)
+
+
+def save_video(episodes: list[dict], path: Path, scale: int = 4, caption_lines: int = 3) -> None:
+    """A GIF of the episodes' frames, upscaled; frames get a caption of the step's words if the agent gave any."""
     import imageio.v2 as imageio
 
-    frames = [np.kron(frame, np.ones((scale, scale, 1), dtype=np.uint8)) for ep in episodes for frame in ep["obs"]]
+    with_text = any(t is not None for ep in episodes for t in ep["trace"])
+    frames = []
+    for ep in episodes:
+        for t, (frame, a, r, info) in enumerate(zip(ep["obs"], ep["actions"], ep["rewards"], ep["trace"])):
+            big = np.kron(frame, np.ones((scale, scale, 1), dtype=np.uint8))
+            if with_text:
+                big = captioned(big, caption(t, a, r, info), width_chars=max(big.shape[1] // 6, 8), lines=caption_lines)
+            frames.append(big)
     imageio.mimsave(path, frames, duration=0.1, loop=0)
 
 
@@ -135,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else ckpt_file.parent / "eval" / time.strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    save_episodes(episodes, out_dir)
+    save_episodes(episodes, out_dir, args.trace_format)
     if args.video:
         save_video(episodes[: args.video_episodes], out_dir / "episodes.gif")
     print(

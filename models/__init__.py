@@ -10,6 +10,8 @@ MODELS: dict[str, str] = {
     "CNN-PPO": "models.cnn_ppo:CNNPPO",
     "Impala-PPO": "models.impala_ppo:ImpalaPPO",
     "HELM": "models.helm:HELM",
+    "HELMv2": "models.helmv2:HELMv2",
+    "SHELM": "models.shelm:SHELM",
 }
 
 

@@ -9,12 +9,18 @@ the PPO update never runs the language model.
 
 from __future__ import annotations
 
+import warnings
+from collections import deque
+
 import torch
+import torch.nn.functional as F
 
 from models.base import ActOutput, Agent, distribution, sample
 from models.frozen_hopfield import FrozenHopfield
 from models.lm_memory import LMMemory, load_frozen_lm
 from models.networks import ActorCritic, SmallImpalaCNN
+
+TEXT_STEPS = 32  # env 0's most recent steps that `step_text` shows
 
 
 def hopfield_input(obs: torch.Tensor) -> torch.Tensor:
@@ -33,29 +39,117 @@ class LMMemoryAgent(Agent):
         self.memory = LMMemory(load_frozen_lm(cfg["lm"], cfg["lm_layers"]), cfg["mem_len"], cfg["lm_mode"])
         self.cnn = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024)
         self.heads = ActorCritic(self.memory.d_model + self.cnn.out_dim, n_actions)
+        # Reading the memory (traces, TensorBoard text): what the last act() fed per env, and
+        # env 0's recent steps as (episode_start, item). Items are cheap to keep; turning them into
+        # words (nearest vocabulary tokens, a tokenizer) happens only when someone asks.
+        self.lm_name: str = cfg["lm"]
+        self._last_items: torch.Tensor | None = None
+        self._recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=TEXT_STEPS)
+        self._tokenizer = None  # None: not tried yet; False: none could be loaded
+        self._unit_vocab: torch.Tensor | None = None
 
     def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 observations [B, H, W, C] -> LM input embeddings [B, k, d_embed]."""
         raise NotImplementedError
 
+    def encode_memory(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Memory inputs plus extra per-step features that the rollout should keep (SHELM's word ids)."""
+        return self.memory_inputs(obs), {}
+
     def reset_memory(self, n_envs: int) -> None:
         self.memory.reset(n_envs)
+        self._last_items = None
+        self._recent.clear()
 
     def _policy(self, lm_out: torch.Tensor, obs: torch.Tensor):
         return self.heads(torch.cat([lm_out, self.cnn(obs)], dim=-1))
 
     def act(self, obs: torch.Tensor, episode_start: torch.Tensor, deterministic: bool = False) -> ActOutput:
-        lm_out = self.memory.step(self.memory_inputs(obs), episode_start)
+        inputs, extra = self.encode_memory(obs)
+        lm_out = self.memory.step(inputs, episode_start)
         logits, values = self._policy(lm_out, obs)
-        return sample(logits, values, deterministic, {"lm_out": lm_out})
+        self._record(self.trace_items(inputs, extra), episode_start)
+        return sample(logits, values, deterministic, {"lm_out": lm_out, **extra})
 
     def peek_values(self, obs: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        return self._policy(self.memory.peek(self.memory_inputs(obs), episode_start), obs)[1]
+        return self._policy(self.memory.peek(self.encode_memory(obs)[0], episode_start), obs)[1]
 
     def evaluate(self, batch):
         logits, values = self._policy(batch["lm_out"], batch["obs"])
         dist = distribution(logits)
         return dist.log_prob(batch["actions"]), dist.entropy(), values
+
+    # -- reading the memory ------------------------------------------------------------------------
+
+    def trace_items(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per env, what is kept to name this step's memory tokens later: here the input embeddings [B, k, d]."""
+        return inputs
+
+    def memory_words(self, items: torch.Tensor) -> list[list[str]]:
+        """Words for a batch of `trace_items` rows: the vocabulary tokens nearest (cosine) to each input."""
+        return [self.token_texts(ids) for ids in self.nearest_tokens(items).tolist()]
+
+    def nearest_tokens(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Ids of the LM vocabulary tokens whose input embeddings are closest (cosine) to `embeds` [..., d] -> [...]."""
+        vocab = self.memory.token_embeddings()
+        if self._unit_vocab is None or self._unit_vocab.device != vocab.device:
+            self._unit_vocab = F.normalize(vocab.float(), dim=-1)
+        query = F.normalize(embeds.to(vocab.device).float(), dim=-1)
+        return (query @ self._unit_vocab.T).argmax(dim=-1)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Decode token ids one by one with the LM's tokenizer ("#id" where none can be loaded)."""
+        tokenizer = self._lm_tokenizer()
+        texts = []
+        for i in ids:
+            text = ""
+            if tokenizer is not None and 0 <= i < len(tokenizer):  # ids beyond it: padding rows, or an empty tokenizer
+                try:
+                    text = tokenizer.decode([i]).strip() or str(tokenizer.convert_ids_to_tokens(i) or "")
+                except (IndexError, KeyError, TypeError, ValueError, OverflowError):
+                    text = ""
+            texts.append(text or f"#{i}")
+        return texts
+
+    def _lm_tokenizer(self):
+        """The LM's tokenizer, loaded on first use: training never needs it, only traces and text logs."""
+        if self._tokenizer is None:
+            self._tokenizer = False
+            try:
+                from transformers import AutoTokenizer
+
+                from models.lm_memory import resolve_lm_path
+
+                # local files only: a trace or a text log must never wait on the network
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_lm_path(self.lm_name), local_files_only=True)
+            except Exception as err:  # any failure just means we show token ids
+                warnings.warn(f"no tokenizer for LM {self.lm_name!r} ({type(err).__name__}); memory tokens shown as ids")
+        return self._tokenizer or None
+
+    def _record(self, items: torch.Tensor, episode_start: torch.Tensor) -> None:
+        self._last_items = items.detach()
+        start = torch.as_tensor(episode_start).reshape(-1)[:1].clone()
+        self._recent.append((start, items[0].detach().clone()))
+
+    def describe_step(self, out: ActOutput) -> list[dict]:
+        """One dict per env for the last `act` (eval.py's trace): {"words": tokens fed to the memory}."""
+        if self._last_items is None:
+            return [{} for _ in range(len(out.actions))]
+        return [{"words": words} for words in self.memory_words(self._last_items)]
+
+    def step_text(self) -> dict[str, str]:
+        """Env 0's recent memory tokens for TensorBoard text: steps joined by " / ", "||" starts an episode."""
+        if not self._recent:
+            return {}
+        starts = [bool(start.item()) for start, _ in self._recent]
+        words = self.memory_words(torch.stack([item for _, item in self._recent]))
+        pieces: list[str] = []
+        for start, step_words in zip(starts, words):
+            if pieces:
+                pieces.append(" || " if start else " / ")
+            pieces.append(" ".join(step_words))
+        text = "".join(pieces)
+        return {"memory/words": text}
 
 
 class HELM(LMMemoryAgent):

@@ -67,6 +67,12 @@ SCHEMA: dict[str, Key] = {
     "lm_layers": Key(None, int, optional=True, help="keep only the first N LM layers"),
     "mem_len": Key(511, int, help="tokens the LM memory keeps per env"),
     "beta": Key(100.0, float, help="FrozenHopfield inverse temperature"),
+    # CLIP observations (HELMv2, SHELM)
+    "clip_model": Key("openai/clip-vit-base-patch16", str, help="CLIP hub id or local dir (frozen)"),
+    "clip_cache_size": Key(100_000, int, help="CLIP image features kept in the exact LRU cache (0: none)"),
+    "topk": Key(1, int, help="SHELM: words retrieved (LM tokens fed) per env step"),
+    "templates": Key("none", str, help="SHELM prompt templates: none, psychlab, avalon or a file"),
+    "semantic_db": Key(None, str, optional=True, help="SHELM database file; null: data/semantic_db__<clip>__<lm>__<templates>.pt"),
 }
 
 
@@ -183,9 +189,11 @@ def resolve(config_file: str | Path, overrides: list[str]) -> dict[str, Any]:
 
 def validate(cfg: dict[str, Any]) -> None:
     """Cross-key checks that a single key's type cannot express."""
-    for name in ("n_envs", "n_steps", "n_rollout_steps", "n_epochs", "n_batches", "mem_len"):
+    for name in ("n_envs", "n_steps", "n_rollout_steps", "n_epochs", "n_batches", "mem_len", "topk"):
         if cfg[name] < 1:
             raise UserError(f"config key '{name}' must be >= 1, got {cfg[name]}")
+    if cfg["clip_cache_size"] < 0:
+        raise UserError(f"config key 'clip_cache_size' must be >= 0, got {cfg['clip_cache_size']}")
     if cfg["n_envs"] * cfg["n_rollout_steps"] < cfg["n_batches"]:
         raise UserError("n_envs * n_rollout_steps must be at least n_batches")
     for name in ("learning_rate", "clip_range", "gamma"):
