@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before training started", file=sys.stderr)
+        return 130
     print(f"run directory: {run_dir}", file=sys.stderr)
     try:
         status = trainer.train()

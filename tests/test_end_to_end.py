@@ -106,19 +106,34 @@ def test_eval_errors_are_one_line(tmp_path):
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes(experiments):
     cmd = [sys.executable, str(ROOT / "main.py"), *TINY, "--var", "model=CNN-PPO", "--var", "n_steps=1000000",
-           "--run-id", "int", "--experiments-dir", str(experiments), "--no-progress"]
+           "--var", "env=CueRecall-D1-v0", "--run-id", "int", "--experiments-dir", str(experiments), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    events = experiments / "CNN-PPO" / "MiniGrid-KeyCorridorS3R1-v0" / "int"
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(events.glob("events.*")):
+    run = experiments / "CNN-PPO" / "CueRecall-D1-v0" / "int"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "ckpt_best.pt").exists():  # written after the first update
         time.sleep(0.2)
-    time.sleep(3)  # let it run a few updates
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "--resume" in err
-    ckpt = load_checkpoint(events / "ckpt_last.pt")
-    assert ckpt["step"] > 0
+    step = load_checkpoint(run / "ckpt_last.pt")["step"]
+    assert step > 0
+
+    import main
+
+    assert main.main(["--resume", str(run), "--var", f"n_steps={step + 32}", "--no-progress"]) == 0
+    assert load_checkpoint(run / "ckpt_last.pt")["step"] == step + 32
+
+
+def test_ctrl_c_during_start_up_is_a_clean_exit(monkeypatch, experiments, capsys):
+    import main
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(main, "setup", interrupted)
+    assert main.main(["--no-progress", "--experiments-dir", str(experiments)]) == 130
+    assert capsys.readouterr().err.strip().startswith("interrupted")
 
 
 def test_non_finite_loss_stops_with_a_clear_message(experiments, capsys, monkeypatch):
