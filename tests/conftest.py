@@ -16,6 +16,17 @@ TINY = [
 ]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP spinning makes them 100x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def experiments(tmp_path):
     return tmp_path / "experiments"

@@ -36,12 +36,7 @@ CLIP_SEED = 4  # with this seed the red and blue cue frames retrieve different w
 OBS_SHAPE = (56, 56, 3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_lm(path: Path, seed: int = 0) -> str:
