@@ -41,6 +41,18 @@ def pick_device(name: str):
     return torch.device(name)
 
 
+def apply_threads(threads: int | None) -> None:
+    """Fewer threads than cores helps on a shared machine, where spinning OpenMP threads stall."""
+    import torch
+
+    from utils.errors import UserError
+
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"torch_threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def new_run_dir(cfg: dict[str, Any], experiments: Path, run_id: str | None) -> Path:
     """A fresh run directory; never one that already exists."""
     from utils.errors import UserError
@@ -90,6 +102,7 @@ def setup(args: argparse.Namespace):
     family_of(cfg["env"])
 
     seed_everything(cfg["seed"])
+    apply_threads(cfg["torch_threads"])
     device = pick_device(cfg["device"])
     envs = make_env(cfg["env"], cfg["n_envs"], cfg["vec_env"])
     agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)

@@ -32,6 +32,7 @@ SCHEMA: dict[str, Key] = {
     "model": Key("HELM", str, help="agent: CNN-PPO, Impala-PPO, HELM, ..."),
     "seed": Key(None, int, optional=True, help="null draws a seed and records it"),
     "device": Key("auto", str, choices=("auto", "cpu", "cuda"), help="auto: cuda if available"),
+    "torch_threads": Key(None, int, optional=True, help="CPU threads for torch (null: torch's default)"),
     "save_ckpt": Key(1, int, help="1 writes ckpt_best.pt and ckpt_last.pt"),
     "source": Key("", str, help="where the numbers of this config come from (documentation only)"),
     # environment
