@@ -33,7 +33,7 @@ def plot_curves(runs: Path, out: Path, tag: str = "rollout/ep_rew_mean") -> None
             curves = [c for c in curves if c is not None and len(c[0])]
             if not curves:
                 continue
-            grid = np.linspace(0, min(c[0][-1] for c in curves), 100)
+            grid = np.linspace(max(c[0][0] for c in curves), min(c[0][-1] for c in curves), 100)
             ys = np.stack([np.interp(grid, steps, values) for steps, values in curves])
             line = ax.plot(grid, ys.mean(0), label=f"{model_dir.parent.name} ({len(curves)} seeds)")[0]
             ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
