@@ -377,12 +377,20 @@ def load_database(path: str | os.PathLike, clip_model: str, lm: str, templates: 
 # -- retrieval --------------------------------------------------------------------------------------
 
 
-def retrieve_topk(image_emb: torch.Tensor, db_embeddings: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine-similarity top-k of each image embedding over the database: (scores, idx), [B, k], descending."""
+def retrieve_topk(
+    image_emb: torch.Tensor, db_embeddings: torch.Tensor, k: int, db_normalized: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine-similarity top-k of each image embedding over the database: (scores, idx), [B, k], descending.
+
+    ``db_normalized=True`` skips re-normalising the database (the caller keeps unit rows), which
+    is most of the cost per env step for a database of tens of thousands of words.
+    """
     n = db_embeddings.shape[0]
     if not 1 <= k <= n:
         raise UserError(f"top-k retrieval needs 1 <= k <= database size ({n}), got k={k}")
     img = F.normalize(image_emb.float(), dim=-1)
-    db = F.normalize(db_embeddings.to(img.device).float(), dim=-1)
+    db = db_embeddings.to(img.device).float()
+    if not db_normalized:
+        db = F.normalize(db, dim=-1)
     scores = img @ db.T
     return torch.topk(scores, k, dim=-1, largest=True, sorted=True)

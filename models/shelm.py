@@ -51,7 +51,7 @@ class SHELM(LMMemoryAgent):
 
     def retrieve(self, obs: torch.Tensor) -> torch.Tensor:
         """Database indices of the top-k words of each observation, [B, k], most similar first."""
-        return retrieve_topk(self.image_encoder(obs), self.db_embeddings, self.topk)[1]
+        return retrieve_topk(self.image_encoder(obs), self.db_embeddings, self.topk, db_normalized=True)[1]
 
     def encode_memory(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         idx = self.retrieve(obs)

@@ -244,3 +244,12 @@ def test_minilm_tokenizer_shares_words_with_clip(toks):
     words = {w: l for w, _, l in shared_vocabulary(toks["clip"], mini)}
     assert {"cat", "dog", "red", "key", "door", "ball", "the", "of"} <= set(words)
     assert mini.convert_ids_to_tokens(words["door"]) == "door"
+
+
+def test_retrieve_topk_with_a_prenormalised_database_is_the_same():
+    torch.manual_seed(1)
+    img, db = torch.randn(3, 8), torch.randn(50, 8)
+    unit = torch.nn.functional.normalize(db, dim=-1)
+    plain = retrieve_topk(img, db, k=5)
+    fast = retrieve_topk(img, unit, k=5, db_normalized=True)
+    assert torch.equal(plain[1], fast[1]) and torch.allclose(plain[0], fast[0])
