@@ -74,8 +74,8 @@ def new_run_dir(cfg: dict[str, Any], experiments: Path, run_id: str | None) -> P
 
 def setup(args: argparse.Namespace):
     """Resolve config, run directory, envs, agent and trainer (new run or resumed)."""
-    from envs import family_of, make_env
-    from models import build_agent, check_model
+    from envs import make_env
+    from models import build_agent
     from trainers.ppo import PPOTrainer
     from utils import config as config_lib
     from utils.checkpoint import load_checkpoint, resolve_checkpoint_path, seed_everything
@@ -98,8 +98,6 @@ def setup(args: argparse.Namespace):
         cfg = config_lib.resolve(args.config, args.var)
         if cfg["seed"] is None:
             cfg["seed"] = random.randrange(2**31)
-    check_model(cfg["model"])
-    family_of(cfg["env"])
 
     seed_everything(cfg["seed"])
     apply_threads(cfg["torch_threads"])

@@ -168,7 +168,7 @@ class PPOTrainer:
         self.run_dir, self.writer, self.progress = run_dir, writer, progress
         self.n_envs = envs.num_envs
         self.obs_shape = envs.single_observation_space.shape
-        params = [p for p in agent.parameters() if p.requires_grad]
+        self.params = params = [p for p in agent.parameters() if p.requires_grad]
         optim_cls = torch.optim.AdamW if cfg["optimizer"] == "AdamW" else torch.optim.Adam
         try:  # the fused kernel is several times faster per step, on CPU as on GPU
             self.optimizer = optim_cls(params, lr=cfg["learning_rate"], eps=cfg["epsilon"], fused=True)
@@ -268,7 +268,7 @@ class PPOTrainer:
                     raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at step {self.step}")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], cfg["max_grad_norm"])
+                nn.utils.clip_grad_norm_(self.params, cfg["max_grad_norm"])
                 self.optimizer.step()
                 for name, value in losses.items():
                     sums.setdefault(name, []).append(value.item())
