@@ -17,7 +17,7 @@ import torch
 from transformers import BertModel
 
 from models.lm_memory import LMMemory, load_frozen_lm, resolve_lm_path
-from tests.tiny_lms import tiny_bert, tiny_gpt2, tiny_llama
+from tests.tiny_lms import tiny_bert, tiny_gpt2, tiny_llama, tiny_neox
 from utils.errors import UserError
 
 ATOL = 1e-5
@@ -37,6 +37,8 @@ def paths(tmp_path_factory):
         "gpt2_short": tiny_gpt2(str(root / "gpt2_short"), n_positions=8),
         "llama": tiny_llama(str(root / "llama")),
         "llama_1layer": tiny_llama(str(root / "llama_1layer"), n_layer=1),
+        "neox": tiny_neox(str(root / "neox")),
+        "neox_1layer": tiny_neox(str(root / "neox_1layer"), n_layer=1),
         "bert": tiny_bert(str(root / "bert")),
     }
 
@@ -76,7 +78,7 @@ def inputs(memory: LMMemory, length: int, seed: int = 0) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
 def test_stepping_equals_full_causal_forward(models, name):
     model = models[name]
     memory = LMMemory(model, mem_len=32)
@@ -85,7 +87,7 @@ def test_stepping_equals_full_causal_forward(models, name):
     torch.testing.assert_close(run(memory, x), full(model, x), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
 def test_reset_row_matches_fresh_memory_and_spares_other_rows(models, name):
     model = models[name]
     memory = LMMemory(model, mem_len=32)
@@ -100,7 +102,7 @@ def test_reset_row_matches_fresh_memory_and_spares_other_rows(models, name):
         torch.testing.assert_close(with_reset[row], without_reset[row], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["gpt2_1layer", "llama_1layer"])
+@pytest.mark.parametrize("name", ["gpt2_1layer", "llama_1layer", "neox_1layer"])
 def test_one_layer_window_equals_forward_over_last_tokens(models, name):
     model, window = models[name], 4
     memory = LMMemory(model, mem_len=window)
@@ -120,7 +122,7 @@ def test_one_layer_window_equals_forward_over_last_tokens(models, name):
     assert all(layer.keys.shape[2] <= window for layer in memory._cache.layers)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "gpt2_4layers", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "gpt2_4layers", "llama", "neox"])
 def test_multi_layer_window_equals_banded_full_forward(models, name):
     model, window = models[name], 5
     memory = LMMemory(model, mem_len=window)

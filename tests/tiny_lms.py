@@ -5,7 +5,17 @@ from __future__ import annotations
 import os
 
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    GPT2Config,
+    GPT2Model,
+    GPTNeoXConfig,
+    GPTNeoXModel,
+    LlamaConfig,
+    LlamaModel,
+)
 
 
 def _save(model, path: str) -> str:
@@ -45,6 +55,24 @@ def tiny_llama(path: str, n_layer: int = 2, vocab_size: int = 100, seed: int = 0
         pad_token_id=None,
     )
     return _save(LlamaModel(config), path)
+
+
+def tiny_neox(path: str, n_layer: int = 2, vocab_size: int = 100, seed: int = 0) -> str:
+    """GPT-NeoX (Pythia's architecture: partial rotary, parallel residual) with 32-dim states."""
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=n_layer,
+        num_attention_heads=4,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        vocab_size=vocab_size,
+        max_position_embeddings=128,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return _save(GPTNeoXModel(config), path)
 
 
 def tiny_bert(
