@@ -210,8 +210,9 @@ class _SlotCache(DynamicCache):
             layer.values = value_states.new_zeros(b, h, self.capacity, value_states.shape[-1])
             layer.device = key_states.device
             layer.is_initialized = True
-        layer.keys.index_copy_(2, self.write_at, key_states)
-        layer.values.index_copy_(2, self.write_at, value_states)
+        # under autocast the new keys may be bf16/fp16 while the buffers keep the dtype they were made in
+        layer.keys.index_copy_(2, self.write_at, key_states.to(layer.keys.dtype))
+        layer.values.index_copy_(2, self.write_at, value_states.to(layer.values.dtype))
         return layer.keys, layer.values
 
     def resize(self, capacity: int, old_slots: torch.Tensor, new_slots: torch.Tensor) -> None:

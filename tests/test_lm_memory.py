@@ -314,3 +314,20 @@ def test_minilm_default_loads():
     memory.reset(2)
     out = memory.step(torch.randn(2, 1, memory.d_embed), torch.ones(2, dtype=torch.bool))
     assert out.shape == (2, 384) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["gpt2", "neox"])
+def test_stepping_works_under_bf16_autocast(models, name):
+    """Mixed precision (e.g. on a GPU) computes in bf16 while the cache keeps the fp32 buffers it began with."""
+    memory = LMMemory(models[name], mem_len=8)
+    reference = LMMemory(models[name], mem_len=8)
+    memory.reset(2)
+    reference.reset(2)
+    inputs = torch.randn(5, 2, memory.token_embeddings().shape[1])
+    starts = torch.zeros(5, 2, dtype=torch.bool)
+    with torch.no_grad():
+        for t in range(5):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t >= 2):  # buffers made in fp32
+                out = memory.step(inputs[t], starts[t])
+            expected = reference.step(inputs[t], starts[t])
+            torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)

@@ -1,0 +1,233 @@
+"""GPU check: the CUDA training path of every agent, its speed, and what bf16 autocast would buy.
+
+Meant for one short run on a lent GPU machine (no downloads there, so every pretrained model is
+replaced by a random-weight model of the same size; speed does not depend on the weights):
+
+* train: the real ``PPOTrainer`` on ``device=cuda`` for CNN-PPO, Impala-PPO, HELM, HELMv2 and SHELM
+  on MiniGrid-KeyCorridorS3R1-v0, 16 envs x 128 steps, 3 epochs x 8 minibatches. The memory LM is
+  Pythia-410m-sized (GPT-NeoX: 24 layers, 1024 wide, 16 heads, 50k vocabulary; the paper configs'
+  LM) with mem_len 511, CLIP is ViT-B/16-sized (HELMv2, SHELM; feature cache on and, for HELMv2,
+  off), SHELM's database holds 20k random unit vectors with random LM token ids. One untimed
+  update, then ``--updates`` timed ones; steps/s of the fastest (mean in brackets), time split and
+  peak GPU memory.
+* precision: one memory step of the Pythia-410m-sized LM (batch 16, 511 cached tokens) and a
+  ViT-B/16 forward of 16 frames, in fp32, with TF32 matmuls, and under bf16 autocast: ms per call
+  and the largest deviation from fp32 relative to the output's scale.
+
+    python bench/gpu_check.py --out bench/results/gpu_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ENV_ID = "MiniGrid-KeyCorridorS3R1-v0"
+DEVICE = "cuda"
+TINY = False  # --smoke: small models on any device, to check this script itself
+
+
+def sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def save_pythia_410m_sized(directory: Path) -> str:
+    from transformers import GPTNeoXConfig, GPTNeoXModel
+
+    torch.manual_seed(0)
+    width, layers = (64, 2) if TINY else (1024, 24)
+    config = GPTNeoXConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers, num_attention_heads=16,
+                           rotary_pct=0.25, vocab_size=50304, max_position_embeddings=2048)
+    GPTNeoXModel(config).save_pretrained(str(directory))
+    return str(directory)
+
+
+def save_vit_b16_clip(directory: Path) -> str:
+    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(patch_size=16)
+    if TINY:
+        vision.num_hidden_layers = 1
+    CLIPModel(CLIPConfig(vision_config=vision.to_dict())).save_pretrained(str(directory))
+    return str(directory)
+
+
+def write_random_database(clip_dir: str, lm_dir: str, path: Path, n_words: int = 20_000, dim: int = 512) -> str:
+    from models.semantic_db import FORMAT_VERSION, model_identity, save_database
+
+    gen = torch.Generator().manual_seed(0)
+    save_database({
+        "words": [f"w{i}" for i in range(n_words)],
+        "clip_ids": torch.arange(n_words, dtype=torch.long),
+        "lm_ids": torch.randint(0, 50304, (n_words,), generator=gen),
+        "embeddings": torch.nn.functional.normalize(torch.randn(n_words, dim, generator=gen), dim=-1),
+        "meta": {"clip_model": model_identity(clip_dir), "lm": model_identity(lm_dir), "templates": "none",
+                 "template_strings": ["{}"], "n_words": n_words, "embed_dim": dim, "format_version": FORMAT_VERSION},
+    }, path)
+    return str(path)
+
+
+def train_speed(model: str, overrides: dict, updates: int, rollout: int = 128) -> dict:
+    from envs import make_env
+    from models import build_agent
+    from trainers.ppo import PPOTrainer
+    from utils.checkpoint import seed_everything
+    from utils.config import defaults, validate
+
+    cfg = defaults()
+    cfg.update(env=ENV_ID, model=model, seed=1, device=DEVICE, save_ckpt=0, n_envs=16, n_rollout_steps=rollout,
+               n_epochs=3, n_batches=8, n_steps=10**9, **overrides)
+    validate(cfg)
+    seed_everything(1)
+    device = torch.device(DEVICE)
+    envs = make_env(ENV_ID, 16, "sync")
+    agent = build_agent(model, envs.single_observation_space.shape, int(envs.single_action_space.n), cfg).to(device)
+    trainer = PPOTrainer(cfg, agent, envs, device, run_dir=None, writer=None, progress=False)
+    trainer.obs, _ = envs.reset(seed=1)
+    trainer.episode_start = np.ones(16, dtype=bool)
+    agent.reset_memory(16)
+    agent.eval()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    units = []
+    for i in range(updates + 1):
+        timers, step = dict(trainer.timers), trainer.step
+        sync()
+        tick = time.perf_counter()
+        trainer.collect_rollout()
+        u_tick = time.perf_counter()
+        trainer.update()
+        sync()
+        end = time.perf_counter()
+        if i == 0:
+            continue  # warm-up: CUDA kernels, cuDNN autotuning, caches
+        unit = {"steps": trainer.step - step, "seconds": end - tick, "update_s": end - u_tick}
+        unit.update({f"{k}_s": trainer.timers[k] - timers[k] for k in ("env", "act")})
+        units.append(unit)
+    envs.close()
+    best = min(units, key=lambda u: u["seconds"])
+    return {
+        "model": model, "overrides": {k: v for k, v in overrides.items() if k not in ("semantic_db",)},
+        "train_steps_per_s": best["steps"] / best["seconds"],
+        "mean_train_steps_per_s": sum(u["steps"] for u in units) / sum(u["seconds"] for u in units),
+        "split_pct": {k[:-2]: 100 * best[k] / best["seconds"] for k in ("env_s", "act_s", "update_s")},
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda" else None,
+        "updates_timed": len(units),
+    }
+
+
+def time_call(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    sync()
+    tick = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return 1000 * (time.perf_counter() - tick) / repeats
+
+
+def precision(lm_dir: str, clip_dir: str) -> dict:
+    from models.clip_encoder import load_clip
+    from models.lm_memory import LMMemory, load_frozen_lm
+
+    out = {}
+    device = torch.device(DEVICE)
+    memory = LMMemory(load_frozen_lm(lm_dir), 511, mode="causal").to(device)
+    memory.reset(16)
+    emb = memory.token_embeddings()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    starts = torch.zeros(16, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        for t in range(20 if TINY else 511):  # fill the window
+            memory.step(emb[torch.randint(0, emb.shape[0], (16,), generator=gen).to(emb.device)], starts)
+        x = emb[torch.randint(0, emb.shape[0], (16,), generator=gen).to(emb.device)]
+        ref = memory.peek(x, starts)
+        clip = load_clip(clip_dir).to(device)
+        frames = torch.rand(16, 3, 224, 224, device=device)
+        clip_ref = clip(frames) if not hasattr(clip, "get_image_features") else clip.get_image_features(pixel_values=frames)
+        clip_fn = (lambda: clip(frames)) if not hasattr(clip, "get_image_features") else \
+            (lambda: clip.get_image_features(pixel_values=frames))
+        for mode in ("fp32", "tf32", "bf16-autocast"):
+            torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+            torch.backends.cudnn.allow_tf32 = mode == "tf32"
+            ctx = torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=mode == "bf16-autocast")
+            with ctx:
+                lm_ms = time_call(lambda: memory.peek(x, starts))
+                lm_out = memory.peek(x, starts).float()
+                clip_ms = time_call(clip_fn)
+                clip_out = clip_fn()
+                clip_out = (clip_out if torch.is_tensor(clip_out) else clip_out.pooler_output).float()
+            ref_c = clip_ref if torch.is_tensor(clip_ref) else clip_ref.pooler_output
+            out[mode] = {
+                "lm_step_ms": lm_ms,
+                "lm_max_rel_dev": float((lm_out - ref).abs().max() / ref.abs().max()),
+                "clip16_ms": clip_ms,
+                "clip_max_rel_dev": float((clip_out - ref_c).abs().max() / ref_c.abs().max()),
+            }
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")
+    args = parser.parse_args(argv)
+    global DEVICE, TINY
+    if args.smoke:
+        DEVICE, TINY = "cpu", True
+    elif not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        return 1
+    result = {"device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)", "torch": torch.__version__, "train": [], "errors": []}
+    tmp = Path(tempfile.mkdtemp(prefix="helm-gpu-"))
+    lm_dir = save_pythia_410m_sized(tmp / "pythia410m")
+    clip_dir = save_vit_b16_clip(tmp / "clip")
+    db = write_random_database(clip_dir, lm_dir, tmp / "db.pt")
+    lm = {"lm": lm_dir, "lm_mode": "causal", "mem_len": 511}
+    runs = [
+        ("CNN-PPO", {}), ("Impala-PPO", {"n_batches": 2}),
+        ("HELM", {**lm, "beta": 100.0}),
+        ("HELMv2", {**lm, "clip_model": clip_dir}),
+        ("HELMv2", {**lm, "clip_model": clip_dir, "clip_cache_size": 0}),
+        ("SHELM", {**lm, "clip_model": clip_dir, "semantic_db": db, "topk": 1}),
+        ("SHELM", {**lm, "clip_model": clip_dir, "semantic_db": db, "topk": 4, "mem_len": 1021}),
+    ]
+    if not args.skip_train:
+        for model, overrides in runs:
+            try:
+                row = train_speed(model, overrides, args.updates, rollout=8 if TINY else 128)
+                result["train"].append(row)
+                print(json.dumps(row), flush=True)
+            except Exception as err:  # one failure must not cost the others on a short GPU lease
+                result["errors"].append(f"{model} {overrides}: {traceback.format_exc(limit=4)}")
+                print(f"FAILED {model}: {err!r}", flush=True)
+    try:
+        result["precision"] = precision(lm_dir, clip_dir)
+        print(json.dumps(result["precision"]), flush=True)
+    except Exception:
+        result["errors"].append("precision: " + traceback.format_exc(limit=4))
+        print(result["errors"][-1], flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
