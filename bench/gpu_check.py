@@ -89,7 +89,8 @@ def train_speed(model: str, overrides: dict, updates: int, rollout: int = 128) -
 
     cfg = defaults()
     cfg.update(env=ENV_ID, model=model, seed=1, device=DEVICE, save_ckpt=0, n_envs=16, n_rollout_steps=rollout,
-               n_epochs=3, n_batches=8, n_steps=10**9, **overrides)
+               n_epochs=3, n_batches=8, n_steps=10**9)
+    cfg.update(overrides)
     validate(cfg)
     seed_everything(1)
     device = torch.device(DEVICE)

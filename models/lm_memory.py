@@ -14,6 +14,8 @@ Two ways to run the LM:
 
 from __future__ import annotations
 
+import inspect
+
 import os
 import socket
 import urllib.parse
@@ -257,6 +259,10 @@ class LMMemory(nn.Module):
         if mode == "causal" and is_encoder_only(model):
             # BERT-style models build a causal mask and accept a cache once they believe they are decoders.
             model.config.is_decoder = True
+        # transformers renamed the forward's `past_key_values` to `cache` during 5.x; older 5.x
+        # releases swallow an unknown `cache=` in **kwargs and silently run without memory.
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.max_positions = _max_positions(model.config)
         if self.max_positions is not None and mem_len > self.max_positions:
             raise UserError(
@@ -384,7 +390,7 @@ class LMMemory(nn.Module):
             inputs_embeds=embeds,
             attention_mask=self._window_mask(new, start),
             position_ids=new[None, :] - origin[:, None],
-            cache=self._cache,
+            **{self._cache_kwarg: self._cache},
             use_cache=True,
         )
         if not self._cache.layers:
@@ -440,6 +446,6 @@ class LMMemory(nn.Module):
             inputs_embeds=self._inputs[:, slots],
             attention_mask=self._window_mask(live, self._start),
             position_ids=(live[None, :] - self._origin[:, None]).clamp_min(0),
-            cache=self._cache,
+            **{self._cache_kwarg: self._cache},
             use_cache=True,
         )
