@@ -260,7 +260,8 @@ class LMMemory(nn.Module):
             # BERT-style models build a causal mask and accept a cache once they believe they are decoders.
             model.config.is_decoder = True
         # transformers renamed the forward's `past_key_values` to `cache` during 5.x; older 5.x
-        # releases swallow an unknown `cache=` in **kwargs and silently run without memory.
+        # releases (5.17, seen on a GPU machine) take an unknown `cache=` into **kwargs and run
+        # without the cache, which breaks every step.
         params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.max_positions = _max_positions(model.config)

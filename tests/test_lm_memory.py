@@ -331,3 +331,19 @@ def test_stepping_works_under_bf16_autocast(models, name):
                 out = memory.step(inputs[t], starts[t])
             expected = reference.step(inputs[t], starts[t])
             torch.testing.assert_close(out.float(), expected, atol=0.1, rtol=0.05)
+
+
+def test_models_whose_forward_takes_past_key_values_get_the_cache(paths, models):
+    """Older transformers 5.x name the forward's cache argument `past_key_values`, newer ones `cache`."""
+    from transformers import GPT2Model
+
+    class OldStyleGPT2(GPT2Model):
+        def forward(self, inputs_embeds=None, attention_mask=None, position_ids=None, past_key_values=None,
+                    use_cache=None, **kwargs):
+            return super().forward(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   position_ids=position_ids, cache=past_key_values, use_cache=use_cache, **kwargs)
+
+    old = OldStyleGPT2.from_pretrained(paths["gpt2"]).eval().requires_grad_(False)
+    x = inputs(LMMemory(models["gpt2"], mem_len=32), 6)
+    torch.testing.assert_close(run(LMMemory(old, mem_len=32), x), run(LMMemory(models["gpt2"], mem_len=32), x),
+                               atol=ATOL, rtol=0)
