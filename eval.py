@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "checkpoint": str(ckpt_file), "step": checkpoint["step"], "episodes": len(episodes),
         "return_mean": float(returns.mean()), "return_std": float(returns.std()),
-        "success_rate": float(np.mean([success(r) for r in returns])),
+        "success_rate": float(np.mean([success(ep["rewards"][-1]) for ep in episodes])),
         "length_mean": float(lengths.mean()), "deterministic": args.deterministic, "random": args.random,
     }
     out_dir = Path(args.out) if args.out else ckpt_file.parent / "eval" / time.strftime("%Y%m%d-%H%M%S")

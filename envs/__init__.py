@@ -72,6 +72,11 @@ def vectorise(
     return gym.vector.SyncVectorEnv([thunk] * n_envs, autoreset_mode=mode)
 
 
-def success(episode_return: float) -> bool:
-    """Success as the papers count it on MiniGrid: the agent got any positive return."""
-    return episode_return > 0
+def success(final_reward: float) -> bool:
+    """An episode succeeds when it ends on a positive reward: it reached its goal.
+
+    On MiniGrid this is the papers' "return > 0" (the only reward comes at the goal). It also holds
+    where a return mixes step penalties with the goal bonus (RandomMaze: -1 per wall bump, +1 at
+    the goal) or rewards along the way (Procgen's goal bonus comes on the last step).
+    """
+    return final_reward > 0

@@ -75,3 +75,23 @@ def test_reward_normalizer_divides_by_return_std_and_clips():
     assert np.allclose(norm.scale(np.array([0.3, -5.0])), expected)
     off = RewardNormalizer(n_envs=2, gamma=0.9, enabled=False)
     assert np.allclose(off(np.array([3.0, -2.0]), np.array([False, False])), [3.0, -2.0])
+
+
+def test_success_means_the_episode_ended_on_a_positive_reward():
+    """RandomMaze: wall bumps make the return negative even when the goal (+1, last step) is reached."""
+    from trainers.ppo import EpisodeStats
+
+    stats = EpisodeStats(2)
+    stats.update(np.array([-1.0, -0.01]), np.array([False, False]))
+    stats.update(np.array([-0.01, -0.01]), np.array([False, False]))
+    stats.update(np.array([1.0, -0.01]), np.array([True, True]))  # env 0 reaches the goal, env 1 times out
+    summary = stats.summary()
+    assert stats.recent_returns[0] < 0 and summary["rollout/success_rate"] == 0.5
+
+    restored = EpisodeStats(2)
+    restored.load_state_dict(stats.state_dict())
+    assert restored.summary() == summary
+    old = {k: v for k, v in stats.state_dict().items() if k != "recent_successes"}  # older checkpoints
+    legacy = EpisodeStats(2)
+    legacy.load_state_dict(old)
+    assert list(legacy.recent_successes) == [False, False]  # return > 0, as MiniGrid counted it

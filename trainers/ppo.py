@@ -116,12 +116,13 @@ class Rollout:
 
 
 class EpisodeStats:
-    """Raw (unnormalised) returns and lengths of the last 100 finished episodes."""
+    """Raw (unnormalised) returns, lengths and successes of the last 100 finished episodes."""
 
     def __init__(self, n_envs: int):
         self.returns, self.lengths = np.zeros(n_envs), np.zeros(n_envs, dtype=int)
         self.recent_returns: deque[float] = deque(maxlen=100)
         self.recent_lengths: deque[int] = deque(maxlen=100)
+        self.recent_successes: deque[bool] = deque(maxlen=100)
         self.episodes = 0
 
     def update(self, rewards: np.ndarray, dones: np.ndarray) -> None:
@@ -130,6 +131,7 @@ class EpisodeStats:
         for i in np.flatnonzero(dones):
             self.recent_returns.append(float(self.returns[i]))
             self.recent_lengths.append(int(self.lengths[i]))
+            self.recent_successes.append(success(float(rewards[i])))
             self.episodes += 1
         self.returns[dones], self.lengths[dones] = 0.0, 0
 
@@ -140,16 +142,18 @@ class EpisodeStats:
         return {
             "rollout/ep_rew_mean": float(returns.mean()),
             "rollout/ep_len_mean": float(np.mean(self.recent_lengths)),
-            "rollout/success_rate": float(np.mean([success(r) for r in returns])),
+            "rollout/success_rate": float(np.mean(self.recent_successes)),
         }
 
     def state_dict(self) -> dict:
         return {"recent_returns": list(self.recent_returns), "recent_lengths": list(self.recent_lengths),
-                "episodes": self.episodes}
+                "recent_successes": list(self.recent_successes), "episodes": self.episodes}
 
     def load_state_dict(self, state: dict) -> None:
         self.recent_returns.extend(state["recent_returns"])
         self.recent_lengths.extend(state["recent_lengths"])
+        # checkpoints from before successes were stored: MiniGrid's return > 0 is the same thing
+        self.recent_successes.extend(state.get("recent_successes", [r > 0 for r in state["recent_returns"]]))
         self.episodes = state["episodes"]
 
 
