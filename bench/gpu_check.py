@@ -55,14 +55,9 @@ def save_pythia_410m_sized(directory: Path) -> str:
 
 
 def save_vit_b16_clip(directory: Path) -> str:
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionConfig
+    from bench.clip_cache import save_vit_b16_clip as save
 
-    torch.manual_seed(0)
-    vision = CLIPVisionConfig(patch_size=16)
-    if TINY:
-        vision.num_hidden_layers = 1
-    CLIPModel(CLIPConfig(vision_config=vision.to_dict())).save_pretrained(str(directory))
-    return str(directory)
+    return str(save(directory, vision_layers=1 if TINY else 12))
 
 
 def write_random_database(clip_dir: str, lm_dir: str, path: Path, n_words: int = 20_000, dim: int = 512) -> str:

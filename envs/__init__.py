@@ -15,7 +15,6 @@ import gymnasium as gym
 from utils.errors import UserError
 
 
-
 def _is_procgen(env_id: str) -> bool:
     from envs.procgen import game_of  # imports nothing from the extra
 
@@ -60,6 +59,18 @@ def make_env(env_id: str, n_envs: int, vec_env: str = "sync") -> gym.vector.Vect
 
     module = importlib.import_module(FAMILIES[family_of(env_id)][1])
     return module.make_vector(env_id, n_envs, vec_env)
+
+
+def check_registered(env_id: str, family: str) -> None:
+    """A one-line error for an id gymnasium does not know, with the closest ids of its family."""
+    if env_id in gym.registry:
+        return
+    import difflib
+
+    known = sorted(k for k in gym.registry if k.startswith(f"{family}-"))
+    close = difflib.get_close_matches(env_id, known, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(known)} {family} ids exist)"
+    raise UserError(f"unknown {family} env '{env_id}'{hint}")
 
 
 def vectorise(

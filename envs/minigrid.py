@@ -6,7 +6,6 @@ import functools
 
 import gymnasium as gym
 
-from utils.errors import UserError
 
 
 def make_single(env_id: str) -> gym.Env:
@@ -19,13 +18,7 @@ def make_single(env_id: str) -> gym.Env:
 def make_vector(env_id: str, n_envs: int, vec_env: str) -> gym.vector.VectorEnv:
     import minigrid  # noqa: F401
 
-    if env_id not in gym.registry:
-        known = sorted(k for k in gym.registry if k.startswith("MiniGrid-"))
-        import difflib
+    from envs import check_registered, vectorise
 
-        close = difflib.get_close_matches(env_id, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(known)} MiniGrid ids exist)"
-        raise UserError(f"unknown MiniGrid env '{env_id}'{hint}")
-    from envs import vectorise
-
+    check_registered(env_id, "MiniGrid")
     return vectorise(functools.partial(make_single, env_id), n_envs, vec_env)

@@ -11,7 +11,6 @@ already created an OpenGL context hangs.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import os
 
@@ -19,10 +18,6 @@ import gymnasium as gym
 
 from utils.errors import UserError
 
-PAPER_ENVS = (
-    "MiniWorld-CollectHealth-v0", "MiniWorld-FourRooms-v0", "MiniWorld-MazeS3Fast-v0", "MiniWorld-PickupObjs-v0",
-    "MiniWorld-PutNext-v0", "MiniWorld-Sign-v0", "MiniWorld-TMaze-v0", "MiniWorld-YMaze-v0",
-)
 # ids of the papers' gym-miniworld that miniworld 2.x renamed
 RENAMED = {"MiniWorld-PickupObjs-v0": "MiniWorld-PickupObjects-v0"}
 INSTALL = "pip install -e '.[miniworld]' (headless rendering also needs: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri)"
@@ -59,12 +54,10 @@ def make_single(env_id: str) -> gym.Env:
 
 def resolve_id(env_id: str) -> str:
     _import_miniworld()
+    from envs import check_registered
+
     env_id = RENAMED.get(env_id, env_id)
-    if env_id not in gym.registry:
-        known = sorted(k for k in gym.registry if k.startswith("MiniWorld-"))
-        close = difflib.get_close_matches(env_id, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f" (known: {', '.join(known)})"
-        raise UserError(f"unknown MiniWorld env '{env_id}'{hint}")
+    check_registered(env_id, "MiniWorld")
     return env_id
 
 

@@ -29,19 +29,24 @@ ALL_GAMES = (
 INSTALL = "pip install -e '.[procgen]' (and the system Qt 5 runtime: apt-get install libqt5gui5)"
 
 
-def game_of(env_id: str) -> str | None:
-    """The Procgen game an id names (``maze``, ``MazeMemory-v0``, ``procgen-maze``), or None."""
+def _parse(env_id: str) -> tuple[str, str | None] | None:
+    """(game, distribution mode or None) of a Procgen id (``maze``, ``MazeMemory-v0``, ``procgen-maze``)."""
     name = env_id.lower().removeprefix("procgen-").removeprefix("procgen:")
     match = re.fullmatch(r"([a-z]+?)(easy|hard|extreme|memory|exploration)?(-v0)?", name)
     if match and match.group(1) in ALL_GAMES:
-        return match.group(1)
+        return match.group(1), match.group(2)
     return None
 
 
+def game_of(env_id: str) -> str | None:
+    """The Procgen game an id names, or None."""
+    parsed = _parse(env_id)
+    return parsed[0] if parsed else None
+
+
 def memory_game(env_id: str) -> str:
-    game = game_of(env_id)
-    mode = re.search(r"(easy|hard|extreme|exploration)(-v0)?$", env_id.lower())
-    if game not in MEMORY_GAMES or mode:
+    game, mode = _parse(env_id) or (None, None)
+    if game not in MEMORY_GAMES or mode not in (None, "memory"):
         raise UserError(
             f"env '{env_id}': Procgen runs in memory mode, which only these games have: {', '.join(MEMORY_GAMES)}"
         )
@@ -82,10 +87,9 @@ class SameStepEnvPool(gym.vector.VectorEnv):
         done = terminated | truncated
         info: dict = {}
         if done.any():
-            ids = np.flatnonzero(done).astype(np.int32)
-            info["final_obs"], info["_final_obs"] = obs.copy(), done
-            first_obs, reset_info = self._pool.reset(ids)
-            obs = obs.copy()
+            info["final_obs"], info["_final_obs"] = obs, done
+            first_obs, reset_info = self._pool.reset(np.flatnonzero(done).astype(np.int32))
+            obs = obs.copy()  # the final observations stay in info["final_obs"]
             obs[reset_info["env_id"]] = first_obs
         return obs, rewards.astype(np.float64), terminated, truncated, info
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXModel
+from transformers import AutoTokenizer
 
 from conftest import ROOT
 from tiny_clip import make_gpt2_tokenizer, save_tiny_clip
+from tiny_lms import tiny_neox
 
 from envs import family_of, make_env
 from models import build_agent, check_model
@@ -123,11 +124,7 @@ def tiny_models(tmp_path_factory):
     lm_dir = root / "neox"
     tokenizer = make_gpt2_tokenizer(lm_dir)
     tokenizer.save_pretrained(str(lm_dir))
-    torch.manual_seed(0)
-    GPTNeoXModel(GPTNeoXConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.25,
-        vocab_size=len(tokenizer), max_position_embeddings=4096, bos_token_id=None, eos_token_id=None,
-    )).save_pretrained(str(lm_dir))
+    tiny_neox(str(lm_dir), vocab_size=len(tokenizer), max_positions=4096)  # room for SHELM's 2045-token memories
     clip_dir = str(save_tiny_clip(root / "clip"))
     dbs = {}
     for templates, strings in (("none", ["{}"]), ("psychlab", ["a render of {}", "a screenshot of {}"])):

@@ -57,7 +57,7 @@ def tiny_llama(path: str, n_layer: int = 2, vocab_size: int = 100, seed: int = 0
     return _save(LlamaModel(config), path)
 
 
-def tiny_neox(path: str, n_layer: int = 2, vocab_size: int = 100, seed: int = 0) -> str:
+def tiny_neox(path: str, n_layer: int = 2, vocab_size: int = 100, seed: int = 0, max_positions: int = 128) -> str:
     """GPT-NeoX (Pythia's architecture: partial rotary, parallel residual) with 32-dim states."""
     torch.manual_seed(seed)
     config = GPTNeoXConfig(
@@ -68,7 +68,7 @@ def tiny_neox(path: str, n_layer: int = 2, vocab_size: int = 100, seed: int = 0)
         rotary_pct=0.25,
         use_parallel_residual=True,
         vocab_size=vocab_size,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         bos_token_id=None,
         eos_token_id=None,
     )
