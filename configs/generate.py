@@ -16,11 +16,12 @@ ROOT = Path(__file__).resolve().parent
 CODE = "the authors' code (github.com/ml-jku/helm, HEAD 7f101e3)"
 FIRST_SEED = 4089113149  # the first of the 30 seeds in the code's seeds.pkl, used by most configs
 
-# What the papers ran that current transformers cannot load, and what the configs use instead.
-LM = "EleutherAI/pythia-410m"
+# The papers' LM, run by our own Transformer-XL (models/transfo_xl.py; transformers 5 removed it).
+LM = "transfo-xl-wt103"
 LM_NOTE = (
-    "the papers' TransfoXL-wt103 cannot be loaded by transformers 5 (removed), so the LM is the closest "
-    f"supported one, {LM} (1024-d token embeddings like TrXL's, relative rotary positions, 2048 tokens)"
+    f"LM: the papers' Transformer-XL wt103 ({LM}, hub checkpoint transfo-xl/transfo-xl-wt103), run by this "
+    "project's own implementation since transformers 5 removed TransfoXL; --var lm=EleutherAI/pythia-410m or "
+    "lm=minilm swap in another LM"
 )
 CLIP_SHELM = "openai/clip-vit-base-patch16"  # SHELM's ViT-B/16, as in its prepare_embeddings.py
 CLIP_HELMV2 = "openai/clip-vit-base-patch32"

@@ -23,10 +23,33 @@ WAIT_COLOUR = (100, 100, 100)
 QUERY_COLOUR = (255, 255, 255)
 
 
-def _frame(colour: tuple[int, int, int]) -> np.ndarray:
+# Where each frame's coloured block sits: (rows, cols) of one quadrant of the 40x40 centre.
+QUADRANTS = {"red": (slice(8, 28), slice(8, 28)), "blue": (slice(28, 48), slice(28, 48)),
+             "wait": (slice(8, 28), slice(28, 48)), "query": (slice(28, 48), slice(8, 28))}
+
+
+def _frame(colour: tuple[int, int, int], where: str) -> np.ndarray:
     frame = np.zeros((SIZE, SIZE, 3), dtype=np.uint8)
-    frame[8:-8, 8:-8] = colour  # a coloured square on black, so frames are not flat
+    frame[QUADRANTS[where]] = colour  # a coloured block on black, so frames are not flat
     return frame
+
+
+def cue_frame(cue: int) -> np.ndarray:
+    return _frame(CUE_COLOURS[cue], ("red", "blue")[cue])
+
+
+def wait_frame() -> np.ndarray:
+    return _frame(WAIT_COLOUR, "wait")
+
+
+def query_frame() -> np.ndarray:
+    return _frame(QUERY_COLOUR, "query")
+
+
+# Each frame puts its block in another quadrant, so the four differ in shape, not only in colour:
+# HELM's FrozenHopfield sees a grayscale frame through a cosine similarity (as the original did),
+# so to it this red and blue (equally bright) and any frames that differ only in brightness look
+# the same.
 
 
 class CueRecallEnv(gym.Env):
@@ -37,8 +60,8 @@ class CueRecallEnv(gym.Env):
         self.render_mode = render_mode
         self.observation_space = gym.spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)
         self.action_space = gym.spaces.Discrete(2)
-        self._cues = [_frame(c) for c in CUE_COLOURS]
-        self._wait, self._query = _frame(WAIT_COLOUR), _frame(QUERY_COLOUR)
+        self._cues = [cue_frame(c) for c in range(len(CUE_COLOURS))]
+        self._wait, self._query = wait_frame(), query_frame()
         self.cue, self.t, self._obs = 0, 0, self._wait
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -230,8 +230,9 @@ def encode_texts(
     texts: list[str],
     batch_size: int = 256,
     progress: bool = False,
+    normalize: bool = True,
 ) -> torch.Tensor:
-    """L2-normalised CLIP text embeddings [N, D] (float32, CPU), computed in fixed batches.
+    """CLIP text embeddings [N, D] (float32, CPU), L2-normalised unless `normalize=False`, in fixed batches.
 
     Batches are formed in input order, so the same call gives the same bits every time.
     """
@@ -258,5 +259,6 @@ def encode_texts(
                 input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
             )
             emb = out.pooler_output if hasattr(out, "pooler_output") else out
-            chunks.append(F.normalize(emb.float(), dim=-1).cpu())
+            emb = emb.float()
+            chunks.append((F.normalize(emb, dim=-1) if normalize else emb).cpu())
     return torch.cat(chunks).clone()

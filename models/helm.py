@@ -17,15 +17,43 @@ import torch.nn.functional as F
 
 from models.base import ActOutput, Agent, distribution, sample
 from models.frozen_hopfield import FrozenHopfield
-from models.lm_memory import LMMemory, load_frozen_lm
+from models.memory import build_memory
 from models.networks import ActorCritic, SmallImpalaCNN
+from utils.errors import UserError
 
 TEXT_STEPS = 32  # env 0's most recent steps that `step_text` shows
 
 
-def hopfield_input(obs: torch.Tensor) -> torch.Tensor:
-    """The original preprocessing: scale to [0, 1], average over image height, flatten (W*C)."""
-    return obs.float().div(255.0).mean(dim=1).flatten(1)
+def hopfield_layout(env_id: str) -> str:
+    """Which axis the original FrozenHopfield averaged for this env's frames.
+
+    The original trainer ran inside SB3 1.4, which transposes every uint8 image space bounded
+    [0, 255] to CHW (`VecTransposeImage`); the FrozenHopfield's `obs.mean(dim=1)` then averaged the
+    colour channels: a grayscale frame. Psychlab's original observations were float32, never
+    transposed, so there the same line averaged image height.
+    """
+    from envs import family_of
+
+    return "height_mean" if family_of(env_id) == "Psychlab" else "grayscale"
+
+
+def hopfield_input(obs: torch.Tensor, layout: str = "grayscale") -> torch.Tensor:
+    """The original preprocessing of uint8 HWC frames: scale to [0, 1], average one axis, flatten.
+
+    "grayscale": mean over colour channels, H*W values (MiniGrid 3136, Procgen 4096);
+    "height_mean": mean over image height, W*C values (the original's Psychlab input).
+    """
+    x = obs.float().div(255.0)
+    if layout == "grayscale":
+        return x.mean(dim=3).flatten(1)
+    if layout == "height_mean":
+        return x.mean(dim=1).flatten(1)
+    raise ValueError(f"unknown FrozenHopfield input layout {layout!r}")
+
+
+def hopfield_input_dim(obs_shape: tuple[int, int, int], layout: str) -> int:
+    height, width, channels = obs_shape
+    return height * width if layout == "grayscale" else width * channels
 
 
 class LMMemoryAgent(Agent):
@@ -36,7 +64,7 @@ class LMMemoryAgent(Agent):
 
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
         super().__init__()
-        self.memory = LMMemory(load_frozen_lm(cfg["lm"], cfg["lm_layers"]), cfg["mem_len"], cfg["lm_mode"])
+        self.memory = build_memory(cfg)
         self.cnn = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024)
         self.heads = ActorCritic(self.memory.d_model + self.cnn.out_dim, n_actions)
         # Reading the memory (traces, TensorBoard text): what the last act() fed per env, and
@@ -45,7 +73,7 @@ class LMMemoryAgent(Agent):
         self.lm_name: str = cfg["lm"]
         self._last_items: torch.Tensor | None = None
         self._recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=TEXT_STEPS)
-        self._tokenizer = None  # None: not tried yet; False: none could be loaded
+        self._tokenizer = None  # None: not tried yet; False: none available
         self._unit_vocab: torch.Tensor | None = None
 
     def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
@@ -112,18 +140,16 @@ class LMMemoryAgent(Agent):
         return texts
 
     def _lm_tokenizer(self):
-        """The LM's tokenizer, loaded on first use: training never needs it, only traces and text logs."""
+        """The memory's tokenizer, loaded on first use: training never needs it, only traces and text logs."""
         if self._tokenizer is None:
             self._tokenizer = False
+            reason = "none available"
             try:
-                from transformers import AutoTokenizer
-
-                from models.lm_memory import resolve_lm_path
-
-                # local files only: a trace or a text log must never wait on the network
-                self._tokenizer = AutoTokenizer.from_pretrained(resolve_lm_path(self.lm_name), local_files_only=True)
+                self._tokenizer = self.memory.tokenizer() or False
             except Exception as err:  # any failure just means we show token ids
-                warnings.warn(f"no tokenizer for LM {self.lm_name!r} ({type(err).__name__}); memory tokens shown as ids")
+                reason = type(err).__name__
+            if self._tokenizer is False:
+                warnings.warn(f"no tokenizer for LM {self.lm_name!r} ({reason}); memory tokens shown as ids")
         return self._tokenizer or None
 
     def _record(self, items: torch.Tensor, episode_start: torch.Tensor) -> None:
@@ -155,8 +181,20 @@ class LMMemoryAgent(Agent):
 class HELM(LMMemoryAgent):
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
         super().__init__(obs_shape, n_actions, cfg)
-        height, width, channels = obs_shape
-        self.hopfield = FrozenHopfield(width * channels, self.memory.token_embeddings(), cfg["beta"], seed=cfg["seed"])
+        self.hopfield_layout = hopfield_layout(cfg["env"])
+        input_dim = hopfield_input_dim(obs_shape, self.hopfield_layout)
+        self.hopfield = FrozenHopfield(input_dim, self.memory.token_embeddings(), cfg["beta"], seed=cfg["seed"])
 
     def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.hopfield(hopfield_input(obs)).unsqueeze(1)
+        return self.hopfield(hopfield_input(obs, self.hopfield_layout)).unsqueeze(1)
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        saved = state.get("hopfield.projection")
+        ours = self.hopfield.projection
+        if saved is not None and saved.shape != ours.shape:
+            raise UserError(
+                f"checkpoint's FrozenHopfield reads {saved.shape[1]} values per frame, this version reads "
+                f"{ours.shape[1]} ({self.hopfield_layout} frames, as the original HELM); it was written by an "
+                "older layout (height mean) and cannot be loaded: train it again"
+            )
+        super().load_checkpoint_state(state)

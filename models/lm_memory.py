@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AutoModel, DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 
+from models.memory import Memory
 from utils.errors import UserError
 
 MINILM = "minilm"
@@ -175,6 +176,16 @@ def _max_positions(config) -> int | None:
     return None
 
 
+def _has_rotary_positions(config) -> bool:
+    """True for rotary (RoPE) models: attention depends only on relative distances, no position table."""
+    if getattr(config, "position_embedding_type", None) not in (None, "rotary"):
+        return False  # BERT-style "absolute" (or learned relative) tables
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("dynamic", "longrope"):
+        return False  # frequencies that change with the sequence length: keep positions inside the table
+    return any(getattr(config, name, None) is not None for name in ("rope_parameters", "rope_theta", "rotary_pct", "rotary_emb_base"))
+
+
 def is_encoder_only(model: PreTrainedModel) -> bool:
     """True for BERT-style models that were trained with full (bidirectional) attention."""
     config = model.config
@@ -234,8 +245,8 @@ def _move_slots(buf: torch.Tensor, capacity: int, old: torch.Tensor, new: torch.
     return out
 
 
-class LMMemory(nn.Module):
-    """A frozen LM used as a per-env memory of the last `mem_len` input tokens.
+class LMMemory(Memory):
+    """A frozen Hugging Face LM used as a per-env memory of the last `mem_len` input tokens.
 
     Every token's output attends to at most `mem_len` tokens of its own episode: itself and the
     `mem_len - 1` before it. In causal mode this is a sliding-window attention: cached keys and
@@ -245,10 +256,18 @@ class LMMemory(nn.Module):
 
     The LM is deliberately not a registered submodule: it is frozen, must stay in eval mode even
     while the agent trains, and is reloaded from its name rather than stored in every
-    checkpoint. `.to()` is still forwarded to it (and forgets the memory).
+    checkpoint. `.to()` moves it together with the remembered state (non-persistent buffers and
+    the key/value cache), so moving never forgets.
+
+    Positions count from each row's episode start. LMs with rotary positions (Pythia, Llama) see
+    only relative distances, so positions may grow past their nominal table and the cache is
+    never rebuilt. LMs with an absolute position table (GPT-2, BERT run causally) need fresh
+    positions once a row's episode outlives the table: the cache is then rebuilt from the
+    window's inputs, once every `max_positions - mem_len + 1` steps at most, and always at the
+    end of a `step`, so `peek` never has to.
     """
 
-    def __init__(self, model: PreTrainedModel, mem_len: int, mode: str = "auto") -> None:
+    def __init__(self, model: PreTrainedModel, mem_len: int, mode: str = "auto", name: str | None = None) -> None:
         super().__init__()
         if mode not in ("auto", "causal", "bidirectional"):
             raise UserError(f"unknown LM memory mode {mode!r}; use 'auto', 'causal' or 'bidirectional'")
@@ -269,12 +288,20 @@ class LMMemory(nn.Module):
             raise UserError(
                 f"mem_len={mem_len} exceeds the LM's {self.max_positions} positions; use mem_len <= {self.max_positions}"
             )
+        # Only absolute position tables bound the positions a causal cache may use.
+        self.position_limit = None if _has_rotary_positions(model.config) else self.max_positions
         object.__setattr__(self, "_lm", model)  # not registered: see the class docstring
+        self.name = name
         self.mode = mode
         self.mem_len = mem_len
         self.d_model: int = model.config.hidden_size
         self.d_embed: int = model.get_input_embeddings().weight.shape[1]
+        self.rebuilds = 0  # full re-encodes of the cache (absolute positions only), for tests and logs
         self._n_envs: int | None = None
+        # The remembered state: non-persistent buffers, so `.to()` moves them and checkpoints skip them.
+        for buffer in ("_slot_token", "_inputs", "_start", "_origin"):
+            self.register_buffer(buffer, None, persistent=False)
+        self._cache: _SlotCache | None = None
 
     @property
     def lm(self) -> PreTrainedModel:
@@ -287,11 +314,22 @@ class LMMemory(nn.Module):
         """The LM's input embedding matrix, [vocab, d_embed] (shares storage with the LM)."""
         return self._lm.get_input_embeddings().weight.detach()
 
+    def tokenizer(self):
+        if self.name is None:
+            return None
+        from transformers import AutoTokenizer
+
+        # local files only: a trace or a text log must never wait on the network
+        return AutoTokenizer.from_pretrained(resolve_lm_path(self.name), local_files_only=True)
+
     def _apply(self, fn, recurse=True):
         self._lm._apply(fn)
         result = super()._apply(fn, recurse)
-        if self._n_envs is not None:
-            self.reset(self._n_envs)
+        if self._cache is not None:
+            for layer in self._cache.layers:
+                if layer.is_initialized:
+                    layer.keys, layer.values = fn(layer.keys), fn(layer.values)
+                    layer.device = layer.keys.device
         return result
 
     # -- state -----------------------------------------------------------------------------------
@@ -305,27 +343,45 @@ class LMMemory(nn.Module):
         # Tokens are named by their absolute index a = 0, 1, 2, ...; a lives in slot a % capacity.
         # Causal mode needs the window's mem_len - 1 old tokens plus the new ones (one by default).
         self._capacity = self.mem_len
+        self._last_k = 1
         self._slot_token = torch.full((self._capacity,), -1, dtype=torch.long, device=device)
         self._inputs = torch.zeros(n_envs, self._capacity, self.d_embed, device=device, dtype=dtype)
         self._start = torch.zeros(n_envs, dtype=torch.long, device=device)  # first token of each row's episode
         self._origin = torch.zeros(n_envs, dtype=torch.long, device=device)  # token at position 0, per row
         self._cache = _SlotCache(self._capacity) if self.mode == "causal" else None
 
+    def reset_rows(self, rows: torch.Tensor) -> None:
+        """Rows marked True start a new episode: they forget every earlier token."""
+        rows = self._rows(rows)
+        self._start = torch.where(rows, self._t, self._start)
+        self._origin = torch.where(rows, self._t, self._origin)
+
+    def _rows(self, rows) -> torch.Tensor:
+        if self._n_envs is None:
+            raise RuntimeError("LMMemory.reset(n_envs) must be called before step()/peek()/reset_rows()")
+        return torch.as_tensor(rows, device=self._start.device).to(torch.bool).reshape(self._n_envs)
+
     def step(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
         """Append k tokens per env (rows with `episode_start` forget first); hidden state of the newest, [B, d_model].
 
         embeds: [B, k, d_embed] (or [B, d_embed] for k = 1); episode_start: bool [B] (tensor or array).
         """
-        return self._advance(embeds, episode_start, commit=True)
+        self.reset_rows(episode_start)
+        return self._advance(embeds, commit=True)
 
     def peek(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        """What `step` would return, leaving the remembered tokens unchanged (to bootstrap final observations)."""
-        return self._advance(embeds, episode_start, commit=False)
+        """What `step` would return, leaving the memory unchanged (to bootstrap final observations)."""
+        restart = self._rows(episode_start)
+        saved = self._start, self._origin
+        self._start = torch.where(restart, self._t, self._start)
+        self._origin = torch.where(restart, self._t, self._origin)
+        try:
+            return self._advance(embeds, commit=False)
+        finally:
+            self._start, self._origin = saved
 
     @torch.no_grad()
-    def _advance(self, embeds: torch.Tensor, episode_start: torch.Tensor, commit: bool) -> torch.Tensor:
-        if self._n_envs is None:
-            raise RuntimeError("LMMemory.reset(n_envs) must be called before step()/peek()")
+    def _advance(self, embeds: torch.Tensor, commit: bool) -> torch.Tensor:
         if embeds.dim() == 2:
             embeds = embeds[:, None]
         if embeds.dim() != 3 or embeds.shape[0] != self._n_envs or embeds.shape[2] != self.d_embed:
@@ -335,17 +391,14 @@ class LMMemory(nn.Module):
         if embeds.shape[1] == 0:
             raise ValueError("embeds must hold at least one token per env")
         embeds = embeds.to(device=self._inputs.device, dtype=self._inputs.dtype)
-        restart = torch.as_tensor(episode_start, device=self._inputs.device).to(torch.bool).reshape(self._n_envs)
-        start = torch.where(restart, self._t, self._start)
         if self.mode == "bidirectional":
-            hidden = self._encode_window(embeds, start, commit)
-        else:
-            hidden = self._cached_step(embeds, restart, start, commit)
-        return hidden
+            return self._encode_window(embeds, commit)
+        return self._cached_step(embeds, commit)
 
     # -- bidirectional -----------------------------------------------------------------------------
 
-    def _encode_window(self, embeds: torch.Tensor, start: torch.Tensor, commit: bool) -> torch.Tensor:
+    def _encode_window(self, embeds: torch.Tensor, commit: bool) -> torch.Tensor:
+        start = self._start
         window = self.mem_len
         end = self._t + embeds.shape[1]
         embeds = embeds[:, -window:]  # older new tokens would leave the window at once
@@ -361,36 +414,34 @@ class LMMemory(nn.Module):
         out = self._lm(inputs_embeds=x, attention_mask=valid.long(), position_ids=positions, use_cache=False)
         if commit:
             self._inputs[:, tokens[-k:] % self._capacity] = embeds
-            self._start = start
             self._t = end
         return out.last_hidden_state[:, -1].contiguous()
 
     # -- causal --------------------------------------------------------------------------------
 
-    def _cached_step(self, embeds: torch.Tensor, restart: torch.Tensor, start: torch.Tensor, commit: bool) -> torch.Tensor:
+    def _cached_step(self, embeds: torch.Tensor, commit: bool) -> torch.Tensor:
         k = embeds.shape[1]
-        if self.max_positions is not None and self.mem_len - 1 + k > self.max_positions:
+        if self.position_limit is not None and self.mem_len - 1 + k > self.position_limit:
             raise UserError(
-                f"{k} tokens per step with mem_len={self.mem_len} exceed the LM's {self.max_positions} positions"
+                f"{k} tokens per step with mem_len={self.mem_len} exceed the LM's {self.position_limit} positions"
             )
-        if commit:
-            self._start = start
-            self._origin = torch.where(restart, self._t, self._origin)
         if self.mem_len - 1 + k > self._capacity:
-            self._grow(self.mem_len - 1 + k)
-        origin = torch.where(restart, self._t, self._origin)  # positions restart with the episode
-        if self.max_positions is not None and self._t + k - int(origin.min()) > self.max_positions:
-            self._rebase()
-            origin = torch.where(restart, self._t, self._origin)
+            self._grow(self.mem_len - 1 + k)  # moves slots, changes nothing a query can see
+        if self._needs_rebuild(k):
+            if not commit:
+                raise RuntimeError("peek() with more tokens than the last step() would need a cache rebuild")
+            self._rebuild()
 
-        new = torch.arange(self._t, self._t + k, device=start.device)
+        new = torch.arange(self._t, self._t + k, device=self._start.device)
         slots = new % self._capacity
+        # The new tokens take the slots of tokens that have left every window (peek restores the marks).
+        previous = self._slot_token[slots].clone()
         self._slot_token[slots] = new
         self._cache.write_at = slots
         out = self._lm(
             inputs_embeds=embeds,
-            attention_mask=self._window_mask(new, start),
-            position_ids=new[None, :] - origin[:, None],
+            attention_mask=self._window_mask(new, self._start),
+            position_ids=new[None, :] - self._origin[:, None],
             **{self._cache_kwarg: self._cache},
             use_cache=True,
         )
@@ -399,10 +450,18 @@ class LMMemory(nn.Module):
         if commit:
             self._inputs[:, slots] = embeds
             self._t += k
+            self._last_k = k
+            if self._needs_rebuild(k):  # now, so that the next peek or step finds room
+                self._rebuild()
         else:
-            # The peeked tokens overwrote slots of tokens outside every future window; mark them empty.
-            self._slot_token[slots] = -1
+            self._slot_token[slots] = previous
         return out.last_hidden_state[:, -1].contiguous()
+
+    def _needs_rebuild(self, k: int) -> bool:
+        """Would k new tokens need a position beyond the LM's absolute position table?"""
+        if self.position_limit is None:
+            return False
+        return self._t + k - int(self._origin.min()) > self.position_limit
 
     def _window_mask(self, queries: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
         """Additive [B, 1, k, capacity] mask: slot visible iff its token is in the row's episode and window, and not ahead."""
@@ -427,13 +486,15 @@ class LMMemory(nn.Module):
         self._slot_token[new] = live
         self._capacity = capacity
 
-    def _rebase(self) -> None:
-        """Rebuild the cache from the window's inputs with positions restarting at 0 in every row.
+    def _rebuild(self) -> None:
+        """Re-encode the window's inputs with positions restarting at 0 in every row.
 
         Needed only for absolute position tables (GPT-2, BERT) once a row's episode outlives
-        them. The rebuilt keys/values see only the window, so outputs change slightly; it happens
-        about once every `max_positions` steps of a long episode.
+        them. The rebuilt keys/values see only the window, so outputs change slightly. Afterwards
+        the newest token of a long row sits at position mem_len - 1, so the next rebuild is
+        `max_positions - mem_len + 1` steps away.
         """
+        self.rebuilds += 1
         live = self._live_tokens()
         self._origin = self._start.clamp_min(self._t - (self.mem_len - 1))
         self._cache = _SlotCache(self._capacity)

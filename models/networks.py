@@ -42,14 +42,16 @@ class SmallImpalaCNN(nn.Module):
         return self.fc(self.convs(to_float_image(obs)))
 
 
-def _head(in_dim: int, hidden: int, out_dim: int, out_gain: float) -> nn.Sequential:
+HEAD_GAIN = math.sqrt(2)  # ReLU's gain, on every Linear of both heads as in the original model.py
+
+
+def _head(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     head = nn.Sequential(
         nn.Linear(in_dim, hidden), nn.LayerNorm(hidden, elementwise_affine=False), nn.ReLU(),
         nn.Linear(hidden, out_dim),
     )
-    nn.init.orthogonal_(head[0].weight, gain=math.sqrt(2))
-    nn.init.orthogonal_(head[3].weight, gain=out_gain)
     for layer in (head[0], head[3]):
+        nn.init.orthogonal_(layer.weight, gain=HEAD_GAIN)
         nn.init.zeros_(layer.bias)
     return head
 
@@ -57,13 +59,14 @@ def _head(in_dim: int, hidden: int, out_dim: int, out_gain: float) -> nn.Sequent
 class ActorCritic(nn.Module):
     """The papers' heads: actor Linear(->128)-LN-ReLU-Linear, critic Linear(->512)-LN-ReLU-Linear.
 
-    Output layers use the usual small gain for the policy (near-uniform start) and 1 for the value.
+    Initialised as the original: every Linear, output layers included, orthogonal with gain
+    sqrt(2) and zero bias (not SB3's 0.01 / 1 output gains), so the initial policy is not uniform.
     """
 
     def __init__(self, in_dim: int, n_actions: int):
         super().__init__()
-        self.actor = _head(in_dim, 128, n_actions, out_gain=0.01)
-        self.critic = _head(in_dim, 512, 1, out_gain=1.0)
+        self.actor = _head(in_dim, 128, n_actions)
+        self.critic = _head(in_dim, 512, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.actor(x), self.critic(x).squeeze(-1)

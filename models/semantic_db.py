@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from utils.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: raw embeddings averaged over templates (1 averaged normalised ones)
 
 # Prompt templates of the SHELM paper (papers.md 2.5); MiniGrid and MiniWorld use none.
 TEMPLATES: dict[str, list[str]] = {
@@ -219,8 +219,8 @@ def build_database(
 ) -> dict[str, Any]:
     """Embed every shared word with CLIP's text tower: mean over templates, then L2-normalised.
 
-    Each template's embedding is itself L2-normalised before averaging (CLIP's prompt ensembling),
-    so no template dominates through its norm.
+    As in the original SHELM, the raw (unnormalised) text embeddings are averaged over the
+    templates and only the mean is normalised.
     """
     from models.clip_encoder import encode_texts
 
@@ -241,7 +241,9 @@ def build_database(
         texts = [template.format(word) for word in words]
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            total[start : start + len(chunk)] += encode_texts(clip, clip_tokenizer, chunk, batch_size=batch_size)
+            total[start : start + len(chunk)] += encode_texts(
+                clip, clip_tokenizer, chunk, batch_size=batch_size, normalize=False
+            )
             if bar is not None:
                 bar.update(len(chunk))
     if bar is not None:

@@ -23,7 +23,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2Model
 from conftest import ROOT, run_main
 from tiny_clip import make_gpt2_tokenizer, save_tiny_clip
 
-from envs.cue_recall import CUE_COLOURS, QUERY_COLOUR, WAIT_COLOUR, _frame
+from envs.cue_recall import cue_frame, query_frame, wait_frame
 from models import build_agent
 from models.clip_encoder import CLIPImageEncoder, load_clip
 from models.helmv2 import CLIPToTokenSpace
@@ -32,7 +32,7 @@ from models.semantic_db import build_database, default_db_path, save_database
 from utils import config
 from utils.errors import UserError
 
-CLIP_SEED = 4  # with this seed the red and blue cue frames retrieve different words (asserted below)
+CLIP_SEED = 33  # with this seed the red and blue cue frames retrieve different words (asserted below)
 OBS_SHAPE = (56, 56, 3)
 
 
@@ -86,7 +86,7 @@ def brute_force_topk(tiny, obs: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def cue_frames() -> torch.Tensor:
-    return torch.from_numpy(np.stack([_frame(c) for c in (*CUE_COLOURS, WAIT_COLOUR, QUERY_COLOUR)]))
+    return torch.from_numpy(np.stack([cue_frame(0), cue_frame(1), wait_frame(), query_frame()]))
 
 
 # -- SHELM ----------------------------------------------------------------------------------------

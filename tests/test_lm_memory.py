@@ -257,14 +257,71 @@ def test_output_is_usable_in_autograd_and_lm_stays_frozen(models):
     assert memory.token_embeddings().shape == (100, 32)
 
 
-def test_moving_the_memory_moves_the_lm_and_forgets(paths):
+def test_moving_the_memory_moves_the_lm_and_keeps_what_it_remembers(paths):
+    x = torch.randn(B, 3, 32, generator=torch.Generator().manual_seed(0))
+    no_start = torch.zeros(B, dtype=torch.bool)
+    reference = LMMemory(load_frozen_lm(paths["llama"]), mem_len=4)
+    reference.reset(B)
+    expected = [reference.step(x[:, t : t + 1], no_start) for t in range(3)][-1]
+
     memory = LMMemory(load_frozen_lm(paths["llama"]), mem_len=4)
     memory.reset(B)
-    memory.step(torch.randn(B, 1, memory.d_embed), torch.zeros(B, dtype=torch.bool))
+    memory.step(x[:, :1], no_start)
+    memory.step(x[:, 1:2], no_start)
     memory.double()
     assert memory.lm.get_input_embeddings().weight.dtype == torch.float64
-    out = memory.step(torch.randn(B, 1, memory.d_embed), torch.zeros(B, dtype=torch.bool))
-    assert out.dtype == torch.float64 and memory._t == 1
+    out = memory.step(x[:, 2:3].double(), no_start)
+    assert out.dtype == torch.float64 and memory._t == 3
+    torch.testing.assert_close(out.float(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name, period", [("neox", None), ("llama", None), ("gpt2", 64 - 16 + 1), ("bert", 64 - 16 + 1)])
+def test_long_episodes_rebuild_the_cache_rarely_or_never(paths, name, period):
+    """2,000 steps of one episode: rotary LMs never re-encode; absolute tables once per max_positions - mem_len + 1 steps."""
+    model = load_frozen_lm(paths[name])
+    memory = LMMemory(model, mem_len=16, mode="causal")
+    assert memory.max_positions < 2000
+    if period is not None:
+        assert memory.max_positions == 64
+    memory.reset(2)
+    calls = []
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
+    x = torch.randn(2, 1, memory.d_embed)
+    no_start = torch.zeros(2, dtype=torch.bool)
+    try:
+        for t in range(2000):
+            memory.step(x, no_start)
+            if t % 7 == 0:
+                memory.peek(x, no_start)  # peeking never rebuilds
+    finally:
+        hook.remove()
+    full_encodes = sum(n > 1 for n in calls)
+    assert full_encodes == memory.rebuilds
+    if period is None:
+        assert memory.rebuilds == 0
+    else:
+        assert 0 < memory.rebuilds <= -(-2000 // period)
+
+
+def test_peek_has_no_side_effect_even_when_a_rebuild_is_near(models):
+    """Peeking right before a rebuild point changes neither later outputs nor the rebuild count."""
+    model = models["gpt2_short"]  # 8 positions
+    x = inputs(LMMemory(model, mem_len=5), 40)
+    starts = torch.zeros(B, 40, dtype=torch.bool)
+    starts[2, 13] = True
+    plain = run(LMMemory(model, mem_len=5), x, starts)
+    memory = LMMemory(model, mem_len=5)
+    memory.reset(B)
+    outs = []
+    for t in range(40):
+        peeked = memory.peek(x[:, t : t + 1], starts[:, t])
+        state = (memory._t, memory.rebuilds, memory._start.clone(), memory._slot_token.clone())
+        memory.peek(torch.randn(B, 1, memory.d_embed), torch.ones(B, dtype=torch.bool))
+        assert (memory._t, memory.rebuilds) == state[:2]
+        assert torch.equal(memory._start, state[2]) and torch.equal(memory._slot_token, state[3])
+        outs.append(memory.step(x[:, t : t + 1], starts[:, t]))
+        torch.testing.assert_close(peeked, outs[-1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.stack(outs, 1), plain, atol=1e-6, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,3 +404,14 @@ def test_models_whose_forward_takes_past_key_values_get_the_cache(paths, models)
     x = inputs(LMMemory(models["gpt2"], mem_len=32), 6)
     torch.testing.assert_close(run(LMMemory(old, mem_len=32), x), run(LMMemory(models["gpt2"], mem_len=32), x),
                                atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["neox_1layer", "llama_1layer"])
+def test_rotary_positions_past_the_nominal_table_keep_the_exact_window(models, name):
+    """Rotary LMs see only distances: at step 300 (table 128) the output is still the plain window forward."""
+    model = models[name]
+    memory = LMMemory(model, mem_len=6)
+    x = inputs(memory, 300)
+    out = run(memory, x)
+    torch.testing.assert_close(out[:, -1], full(model, x[:, -6:])[:, -1], atol=1e-4, rtol=0)
+    assert memory.rebuilds == 0

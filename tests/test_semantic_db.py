@@ -149,19 +149,21 @@ def test_build_database_mean_of_templates(built, toks):
     torch.testing.assert_close(db["embeddings"].norm(dim=-1), torch.ones(len(shared)))
     meta = db["meta"]
     assert meta["n_words"] == len(shared) and meta["embed_dim"] == 16 and meta["templates"] == "psychlab"
-    assert meta["template_strings"] == TEMPLATES["psychlab"] and meta["format_version"] == 1
+    assert meta["template_strings"] == TEMPLATES["psychlab"] and meta["format_version"] == 2
 
-    # "cat" by hand: each template on its own, normalised, averaged, normalised.
+    # "cat" by the original SHELM's formula: raw text embeddings averaged over templates, then normalised.
     i = db["words"].index("cat")
-    per_template = []
+    raw = []
     with torch.no_grad():
         for t in TEMPLATES["psychlab"]:
             ids = clip_tok(t.format("cat"), return_tensors="pt")
-            per_template.append(F.normalize(clip.get_text_features(**ids).pooler_output[0], dim=-1))
-    expected = F.normalize(torch.stack(per_template).mean(0), dim=-1)
+            raw.append(clip.get_text_features(**ids).pooler_output[0])
+    expected = F.normalize(torch.stack(raw).mean(0), dim=-1)
     torch.testing.assert_close(db["embeddings"][i], expected, atol=1e-5, rtol=1e-5)
-    # and it is not just the first template
-    assert not torch.allclose(db["embeddings"][i], per_template[0], atol=1e-3)
+    # not the mean of normalised templates (our earlier rule), nor just the first template
+    per_template_normalised = F.normalize(torch.stack([F.normalize(r, dim=-1) for r in raw]).mean(0), dim=-1)
+    assert not torch.allclose(db["embeddings"][i], per_template_normalised, atol=1e-4)
+    assert not torch.allclose(db["embeddings"][i], F.normalize(raw[0], dim=-1), atol=1e-3)
 
 
 def test_save_load_round_trip_and_mismatches(built):
