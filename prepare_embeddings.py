@@ -19,25 +19,6 @@ from pathlib import Path
 from utils.errors import UserError
 
 
-def _load_tokenizer(name: str, what: str):
-    from transformers import AutoTokenizer
-
-    expanded = os.path.expanduser(name)
-    if name.startswith((".", "/", "~")) and not os.path.exists(expanded):
-        raise UserError(f"{what} path does not exist: {name}")
-    source = expanded if os.path.exists(expanded) else name
-    try:
-        try:  # local files first: no network retries when the tokenizer is cached or a directory
-            return AutoTokenizer.from_pretrained(source, local_files_only=True)
-        except OSError:
-            if os.path.exists(expanded) or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
-                raise
-            return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load the {what} tokenizer from {name!r}: {text}") from exc
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip-model", required=True, help="CLIP hub id or local directory (model + tokenizer)")
@@ -62,7 +43,8 @@ def main(argv: list[str] | None = None) -> Path:
     import torch
 
     from models.clip_encoder import load_clip
-    from models.lm_memory import resolve_lm_path
+    from models.lm_memory import load_tokenizer
+    from models.memory import load_lm_tokenizer
     from models.semantic_db import (
         build_database,
         default_db_path,
@@ -94,8 +76,8 @@ def main(argv: list[str] | None = None) -> Path:
         clip.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise UserError(f"cannot use device {device!r}: {str(exc).splitlines()[0]}") from exc
-    clip_tokenizer = _load_tokenizer(args.clip_model, "CLIP")
-    lm_tokenizer = _load_tokenizer(resolve_lm_path(args.lm), "LM")
+    clip_tokenizer = load_tokenizer(args.clip_model, "CLIP")
+    lm_tokenizer = load_lm_tokenizer(args.lm)
 
     db = build_database(
         clip,

@@ -117,6 +117,26 @@ def _from_pretrained(path: str, lm: str) -> PreTrainedModel:
     )
 
 
+def load_tokenizer(name: str, what: str):
+    """A Hugging Face tokenizer from a directory or hub id: local files first, a one-line error on failure."""
+    from transformers import AutoTokenizer
+
+    expanded = os.path.expanduser(name)
+    if name.startswith((".", "/", "~")) and not os.path.exists(expanded):
+        raise UserError(f"{what} path does not exist: {name}")
+    source = expanded if os.path.exists(expanded) else name
+    try:
+        try:  # local files first: no network retries when the tokenizer is cached or a directory
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except OSError:
+            if os.path.exists(expanded) or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+                raise
+            return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load the {what} tokenizer from {name!r}: {text}") from exc
+
+
 def _looks_like_path(s: str) -> bool:
     if os.path.exists(s) or s.startswith(("/", "./", "../", "~")) or s in (".", ".."):
         return True

@@ -93,3 +93,15 @@ def build_memory(cfg: dict) -> Memory:
     if cfg.get("mem_reset", "mask") != "mask":
         raise UserError(f"mem_reset={cfg['mem_reset']!r} is only available for Transformer-XL; other LMs mask earlier episodes")
     return LMMemory(load_frozen_lm(lm, cfg.get("lm_layers")), cfg["mem_len"], cfg.get("lm_mode", "auto"), name=lm)
+
+
+def load_lm_tokenizer(lm: str):
+    """The tokenizer of `lm` (what defines SHELM's LM vocabulary): Transformer-XL's word vocabulary,
+    or a Hugging Face tokenizer (local files first, the hub only when reachable)."""
+    if is_transfo_xl(lm):
+        from models.transfo_xl import load_transfo_xl_vocab
+
+        return load_transfo_xl_vocab(lm)
+    from models.lm_memory import load_tokenizer, resolve_lm_path
+
+    return load_tokenizer(resolve_lm_path(lm), "LM")

@@ -588,6 +588,14 @@ def load_transfo_xl(lm: str, lm_layers: int | None = None) -> TransfoXL:
     return model
 
 
+def load_transfo_xl_vocab(lm: str) -> TransfoXLVocab:
+    """The word vocabulary of `lm` (hub id or directory), e.g. for SHELM's semantic database."""
+    vocab_path = _locate(lm)[2]
+    if vocab_path is None:
+        raise UserError(f"LM {lm!r} has no word vocabulary ({' or '.join(VOCAB_FILES)}), which SHELM needs")
+    return load_vocab(vocab_path)
+
+
 def _locate(lm: str) -> tuple[str, str, str | None]:
     """(config, weights, vocabulary or None) files of `lm`."""
     if lm in (SHORT_NAME, HUB_ID):

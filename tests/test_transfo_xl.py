@@ -30,6 +30,7 @@ from models.transfo_xl import (
     load_transfo_xl,
     load_vocab,
 )
+from tests.tiny_lms import make_vocab_pickle, trxl_words
 from utils.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -61,37 +62,13 @@ def model(recorded) -> TransfoXL:
     return fresh_model(recorded)
 
 
-def make_vocab_pickle(path: Path, words: list[str]) -> None:
-    """What a transformers TransfoXLTokenizer saves: its attributes, pickled (builtins and collections only)."""
-    state = {
-        "special": ["<eos>"],
-        "min_freq": 0,
-        "max_size": None,
-        "lower_case": False,
-        "delimiter": None,
-        "never_split": ["<eos>", "<unk>"],
-        "counter": collections.Counter({w: len(words) - i for i, w in enumerate(words)}),
-        "idx2sym": list(words),
-        "sym2idx": collections.OrderedDict((w, i) for i, w in enumerate(words)),
-        "unk_idx": words.index("<unk>"),
-        "extras": collections.defaultdict(list, {"x": [1, 2]}),
-        "flags": {1, 2, frozenset({3})},
-    }
-    with open(path, "wb") as f:
-        pickle.dump(state, f)
-
-
-def tiny_words(n: int) -> list[str]:
-    return ["<eos>", "<unk>", "the", "door", "key"] + [f"w{i}" for i in range(n - 5)]
-
-
 @pytest.fixture(scope="module")
 def model_dir(recorded, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("trxl") / "tiny-trxl"
     path.mkdir()
     (path / "config.json").write_text(json.dumps(recorded["config"]))
     torch.save(recorded["state_dict"], path / "pytorch_model.bin")
-    make_vocab_pickle(path / "vocab.pkl", tiny_words(recorded["config"]["vocab_size"]))
+    make_vocab_pickle(path / "vocab.pkl", trxl_words(recorded["config"]["vocab_size"]))
     return path
 
 
@@ -386,12 +363,12 @@ def test_tokenizer_from_model_dir(model_dir, tmp_path):
 
 def test_vocab_bin_loads(tmp_path):
     """Some saves hold the vocabulary as a torch-saved dict (vocab.bin)."""
-    words = tiny_words(10)
+    words = trxl_words(20)
     state = {"idx2sym": words, "sym2idx": collections.OrderedDict((w, i) for i, w in enumerate(words)),
              "counter": collections.Counter(words), "special": ["<eos>"]}
     torch.save(state, tmp_path / "vocab.bin")
     vocab = load_vocab(str(tmp_path / "vocab.bin"))
-    assert len(vocab) == 10 and vocab.decode([3, 4]) == "door key"
+    assert len(vocab) == 20 and vocab.decode([3, 4]) == "door key"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -102,3 +102,50 @@ def tiny_bert(
             f.write("\n".join(special + words) + "\n")
         BertTokenizer(vocab_file).save_pretrained(path)
     return str(path)
+
+
+# -- Transformer-XL (our own implementation; transformers 5 has none) ------------------------------
+
+TRXL_FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "trxl_tiny.pt")
+# Whole words first, so SHELM's vocabulary intersection with the tiny CLIP tokenizer is not empty.
+TRXL_WORDS = ["<eos>", "<unk>", "the", "door", "key", "red", "blue", "ball", "cat", "dog", "box", "lamp", "grey"]
+
+
+def trxl_words(n: int) -> list[str]:
+    return TRXL_WORDS + [f"w{i}" for i in range(n - len(TRXL_WORDS))]
+
+
+def make_vocab_pickle(path, words: list[str]) -> None:
+    """What transformers' TransfoXLTokenizer saved as vocab.pkl: its attributes (builtins and collections only)."""
+    import collections
+    import pickle
+
+    state = {
+        "special": ["<eos>"],
+        "min_freq": 0,
+        "max_size": None,
+        "lower_case": False,
+        "delimiter": None,
+        "never_split": ["<eos>", "<unk>"],
+        "counter": collections.Counter({w: len(words) - i for i, w in enumerate(words)}),
+        "idx2sym": list(words),
+        "sym2idx": collections.OrderedDict((w, i) for i, w in enumerate(words)),
+        "unk_idx": words.index("<unk>"),
+        "extras": collections.defaultdict(list, {"x": [1, 2]}),
+        "flags": {1, 2, frozenset({3})},
+    }
+    with open(path, "wb") as f:
+        pickle.dump(state, f)
+
+
+def tiny_transfo_xl(path: str) -> str:
+    """The committed tiny random Transformer-XL (hub file layout) with a word vocabulary; returns the directory."""
+    import json
+
+    recorded = torch.load(TRXL_FIXTURE, weights_only=True)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(recorded["config"], f)
+    torch.save(recorded["state_dict"], os.path.join(path, "pytorch_model.bin"))
+    make_vocab_pickle(os.path.join(path, "vocab.pkl"), trxl_words(recorded["config"]["vocab_size"]))
+    return str(path)
