@@ -87,10 +87,12 @@ def build_memory(cfg: dict) -> Memory:
 
         if cfg.get("lm_mode", "auto") not in ("auto", "causal"):
             raise UserError(f"lm_mode={cfg['lm_mode']!r} does not apply to Transformer-XL, which is causal; use 'auto'")
-        return TransfoXLMemory(load_transfo_xl(lm, cfg.get("lm_layers")), cfg["mem_len"], reset=cfg.get("mem_reset", "mask"))
+        reset = cfg.get("mem_reset", "auto")
+        reset = "zero" if reset == "auto" else reset  # the original: an episode end zeroes the env's mems
+        return TransfoXLMemory(load_transfo_xl(lm, cfg.get("lm_layers")), cfg["mem_len"], reset=reset)
     from models.lm_memory import LMMemory, load_frozen_lm
 
-    if cfg.get("mem_reset", "mask") != "mask":
+    if cfg.get("mem_reset", "auto") == "zero":
         raise UserError(f"mem_reset={cfg['mem_reset']!r} is only available for Transformer-XL; other LMs mask earlier episodes")
     return LMMemory(load_frozen_lm(lm, cfg.get("lm_layers")), cfg["mem_len"], cfg.get("lm_mode", "auto"), name=lm)
 

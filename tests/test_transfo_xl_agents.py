@@ -57,6 +57,9 @@ def test_helm_agent_uses_the_transfo_xl_memory_and_its_embeddings(trxl):
     cfg = defaults() | {"model": "HELM", "lm": trxl, "mem_len": 6, "seed": 0, "env": "MiniGrid-MemoryS7-v0"}
     agent = build_agent("HELM", (56, 56, 3), 7, cfg)
     assert isinstance(agent.memory, TransfoXLMemory)
+    assert agent.memory.reset_mode == "zero"  # mem_reset=auto: the original zeroes an env's mems at its episode end
+    masked = build_agent("HELM", (56, 56, 3), 7, cfg | {"mem_reset": "mask"})
+    assert masked.memory.reset_mode == "mask"
     vocab, d = agent.memory.token_embeddings().shape
     assert agent.hopfield.embeddings.shape == (vocab, d) and agent.hopfield.projection.shape == (d, 56 * 56)
 

@@ -67,8 +67,9 @@ SCHEMA: dict[str, Key] = {
     "lm_mode": Key("auto", str, choices=("auto", "causal", "bidirectional")),
     "lm_layers": Key(None, int, optional=True, help="keep only the first N LM layers"),
     "mem_len": Key(511, int, help="tokens the LM memory keeps per env"),
-    "mem_reset": Key("mask", str, choices=("mask", "zero"),
-                     help="episode start: mask earlier tokens, or (Transformer-XL only) zero the memory as the original"),
+    "mem_reset": Key("auto", str, choices=("auto", "mask", "zero"),
+                     help="episode start: zero the memory as the original (Transformer-XL only), or mask earlier "
+                          "tokens; auto: zero for Transformer-XL, mask for other LMs"),
     "beta": Key(100.0, float, help="FrozenHopfield inverse temperature"),
     # CLIP observations (HELMv2, SHELM)
     "clip_model": Key("openai/clip-vit-base-patch16", str, help="CLIP hub id or local dir (frozen)"),
