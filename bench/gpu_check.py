@@ -5,8 +5,8 @@ replaced by a random-weight model of the same size; speed does not depend on the
 
 * train: the real ``PPOTrainer`` on ``device=cuda`` for CNN-PPO, Impala-PPO, HELM, HELMv2 and SHELM
   on MiniGrid-KeyCorridorS3R1-v0, 16 envs x 128 steps, 3 epochs x 8 minibatches. The memory LM is
-  Pythia-410m-sized (GPT-NeoX: 24 layers, 1024 wide, 16 heads, 50k vocabulary; the paper configs'
-  LM) with mem_len 511, CLIP is ViT-B/16-sized (HELMv2, SHELM; feature cache on and, for HELMv2,
+  the papers' Transformer-XL (wt103-sized, our implementation) for one HELM run and otherwise
+  Pythia-410m-sized (GPT-NeoX: 24 layers, 1024 wide, 16 heads, 50k vocabulary) with mem_len 511, CLIP is ViT-B/16-sized (HELMv2, SHELM; feature cache on and, for HELMv2,
   off), SHELM's database holds 20k random unit vectors with random LM token ids. One untimed
   update, then ``--updates`` timed ones; steps/s of the fastest (mean in brackets), time split and
   peak GPU memory.
@@ -52,6 +52,17 @@ def save_pythia_410m_sized(directory: Path) -> str:
                            rotary_pct=0.25, vocab_size=50304, max_position_embeddings=2048)
     GPTNeoXModel(config).save_pretrained(str(directory))
     return str(directory)
+
+
+def save_transfo_xl(directory: Path) -> str:
+    """The papers' Transformer-XL: wt103-sized with random weights (the tiny test model with --smoke)."""
+    if TINY:
+        from tests.tiny_lms import tiny_transfo_xl
+
+        return tiny_transfo_xl(str(directory))
+    from bench.helm_lm_speed import save_wt103_sized_transfo_xl
+
+    return save_wt103_sized_transfo_xl(directory)
 
 
 def save_vit_b16_clip(directory: Path) -> str:
@@ -199,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     lm = {"lm": lm_dir, "lm_mode": "causal", "mem_len": 511}
     runs = [
         ("CNN-PPO", {}), ("Impala-PPO", {"n_batches": 2}),
+        ("HELM", {"lm": save_transfo_xl(tmp / "trxl"), "mem_len": 511, "beta": 100.0}),  # the papers' LM
         ("HELM", {**lm, "beta": 100.0}),
         ("HELMv2", {**lm, "clip_model": clip_dir}),
         ("HELMv2", {**lm, "clip_model": clip_dir, "clip_cache_size": 0}),
