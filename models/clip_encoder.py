@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import transformers
 
 from utils.errors import UserError
+from utils.hub import first_line
 
 # CLIP's normalisation constants (the values used by OpenAI CLIP and every HF CLIP checkpoint).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -53,13 +54,13 @@ def load_clip(clip_model: str) -> transformers.CLIPModel:
             clip = transformers.CLIPModel.from_pretrained(clip_model)
     except OSError as exc:
         if os.path.isdir(clip_model):
-            raise UserError(f"{clip_model} is not a CLIP model directory ({_first_line(exc)})") from exc
+            raise UserError(f"{clip_model} is not a CLIP model directory ({first_line(exc)})") from exc
         raise UserError(
             f"cannot load CLIP model {clip_model!r}: not in the local Hugging Face cache and not downloadable; "
             f"point clip_model at a local directory that holds a saved CLIP model"
         ) from exc
     except (ValueError, KeyError) as exc:
-        raise UserError(f"{clip_model} is not a usable CLIP model: {_first_line(exc)}") from exc
+        raise UserError(f"{clip_model} is not a usable CLIP model: {first_line(exc)}") from exc
     clip.requires_grad_(False)
     clip.eval()
     return clip
@@ -67,11 +68,6 @@ def load_clip(clip_model: str) -> transformers.CLIPModel:
 
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class CLIPImageEncoder(torch.nn.Module):

@@ -17,8 +17,6 @@ from __future__ import annotations
 import inspect
 
 import os
-import socket
-import urllib.parse
 from collections.abc import Callable
 
 import torch
@@ -28,6 +26,7 @@ from transformers.cache_utils import DynamicLayer
 
 from models.memory import Memory
 from utils.errors import UserError
+from utils.hub import first_line, hub_offline, hub_reachable
 
 MINILM = "minilm"
 
@@ -107,12 +106,10 @@ def _from_pretrained(path: str, lm: str) -> PreTrainedModel:
     except (OSError, ValueError) as err:
         cache_error = err
     # Only try a download when the hub answers at all: huggingface_hub otherwise retries for ~30 s.
-    from huggingface_hub import is_offline_mode
-
-    if not is_offline_mode() and _hub_reachable():
+    if not hub_offline() and hub_reachable():
         return _load_or_user_error(lambda: AutoModel.from_pretrained(path), f"cannot download LM {path!r}")
     raise UserError(
-        f"cannot load LM {path!r} offline ({_first_line(cache_error)}); "
+        f"cannot load LM {path!r} offline ({first_line(cache_error)}); "
         f"point `lm` at a local model directory or use the offline default `{MINILM}`"
     )
 
@@ -145,28 +142,11 @@ def _looks_like_path(s: str) -> bool:
     return "/" in s and os.path.isdir(head)
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    from huggingface_hub import constants
-
-    url = urllib.parse.urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def _load_or_user_error(load: Callable[[], PreTrainedModel], what: str) -> PreTrainedModel:
     try:
         return load()
     except (OSError, ValueError) as err:
-        raise UserError(f"{what}: {_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+        raise UserError(f"{what}: {first_line(err)}") from err
 
 
 def _keep_first_layers(model: PreTrainedModel, n: int, lm: str) -> None:

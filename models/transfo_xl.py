@@ -45,8 +45,6 @@ import json
 import math
 import os
 import pickle
-import socket
-import urllib.parse
 from collections.abc import Iterable
 
 import torch
@@ -55,6 +53,7 @@ from torch import nn
 
 from models.memory import Memory
 from utils.errors import UserError
+from utils.hub import first_line, hub_offline, hub_reachable
 
 SHORT_NAME = "transfo-xl-wt103"
 HUB_ID = "transfo-xl/transfo-xl-wt103"
@@ -576,7 +575,7 @@ def load_transfo_xl(lm: str, lm_layers: int | None = None) -> TransfoXL:
         with open(config_path, encoding="utf-8") as f:
             raw = json.load(f)
     except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {config_path}: {_first_line(err)}") from None
+        raise UserError(f"cannot read {config_path}: {first_line(err)}") from None
     config = TrXLConfig.from_dict(raw, config_path)
     if lm_layers is not None:
         if isinstance(lm_layers, bool) or not isinstance(lm_layers, int) or not 1 <= lm_layers <= config.n_layer:
@@ -644,41 +643,15 @@ def _locate_on_hub(lm: str) -> tuple[str, str, str | None]:
     except (OSError, ValueError) as err:
         cache_error = err
     # Only try a download when the hub answers at all: huggingface_hub otherwise retries for ~30 s.
-    if not _hub_offline() and _hub_reachable():
+    if not hub_offline() and hub_reachable():
         try:
             return fetch(offline=False)
         except (OSError, ValueError) as err:
-            raise UserError(f"cannot download LM {lm!r}: {_first_line(err)}") from None
+            raise UserError(f"cannot download LM {lm!r}: {first_line(err)}") from None
     raise UserError(
-        f"cannot load LM {lm!r} offline ({_first_line(cache_error)}); "
+        f"cannot load LM {lm!r} offline ({first_line(cache_error)}); "
         f"point `lm` at a local model directory or use the offline default `{OFFLINE_DEFAULT}`"
     )
-
-
-def _hub_offline() -> bool:
-    import huggingface_hub
-
-    if hasattr(huggingface_hub, "is_offline_mode"):
-        return bool(huggingface_hub.is_offline_mode())
-    from huggingface_hub import constants
-
-    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
-
-
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    from huggingface_hub import constants
-
-    url = urllib.parse.urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _read_weights(path: str) -> dict[str, torch.Tensor]:
@@ -693,7 +666,7 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
     except UserError:
         raise
     except Exception as err:  # corrupt or foreign files raise many kinds of errors
-        raise UserError(f"cannot read weights {path}: {_first_line(err)}") from None
+        raise UserError(f"cannot read weights {path}: {first_line(err)}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -769,7 +742,7 @@ def load_vocab(path: str) -> TransfoXLVocab:
     except UserError:
         raise
     except Exception as err:
-        raise UserError(f"cannot read vocabulary {path}: {_first_line(err)}") from None
+        raise UserError(f"cannot read vocabulary {path}: {first_line(err)}") from None
     if not isinstance(data, dict):
         raise UserError(f"vocabulary {path} is not a dict")
     idx2sym = data.get("idx2sym")

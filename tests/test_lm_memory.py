@@ -357,7 +357,7 @@ def test_loading_errors(paths, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="cannot load"):
         load_frozen_lm(str(tmp_path))  # exists but holds no model
     # An uncached hub id fails at once with a hint, without waiting on the network.
-    monkeypatch.setattr("models.lm_memory._hub_reachable", lambda: False)
+    monkeypatch.setattr("models.lm_memory.hub_reachable", lambda: False)
     with pytest.raises(UserError, match="minilm"):
         load_frozen_lm("nobody-xyz/not-a-cached-model")
 
