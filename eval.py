@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from envs import make_env, success
-    from main import pick_device
+    from trainers.run import pick_device
     from models import build_agent
     from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
     from utils.errors import UserError

@@ -10,9 +10,7 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 
@@ -29,56 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def pick_device(name: str):
-    import torch
-
-    from utils.errors import UserError
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is available; use --var device=cpu or auto")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def apply_threads(threads: int | None) -> None:
-    """Fewer threads than cores helps on a shared machine, where spinning OpenMP threads stall."""
-    import torch
-
-    from utils.errors import UserError
-
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"torch_threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
-def new_run_dir(cfg: dict[str, Any], experiments: Path, run_id: str | None) -> Path:
-    """A fresh run directory; never one that already exists."""
-    from utils.errors import UserError
-
-    parent = experiments / cfg["model"] / cfg["env"]
-    if run_id is not None:
-        run_dir = parent / run_id
-        if run_dir.exists():
-            raise UserError(f"run directory {run_dir} already exists: use --resume {run_dir} or another --run-id")
-    else:
-        base = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{cfg['seed']}"
-        run_dir, n = parent / base, 1
-        while run_dir.exists():
-            n += 1
-            run_dir = parent / f"{base}-{n}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
 def setup(args: argparse.Namespace):
     """Resolve config, run directory, envs, agent and trainer (new run or resumed)."""
-    from envs import make_env
-    from models import build_agent
-    from trainers.ppo import PPOTrainer
+    from trainers.run import build_trainer, new_run_dir
     from utils import config as config_lib
-    from utils.checkpoint import load_checkpoint, resolve_checkpoint_path, seed_everything
+    from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
     from utils.errors import UserError
 
     checkpoint = None
@@ -99,24 +52,9 @@ def setup(args: argparse.Namespace):
         if cfg["seed"] is None:
             cfg["seed"] = random.randrange(2**31)
 
-    seed_everything(cfg["seed"])
-    apply_threads(cfg["torch_threads"])
-    device = pick_device(cfg["device"])
-    envs = make_env(cfg["env"], cfg["n_envs"], cfg["vec_env"])
-    agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
-    agent.to(device)
     if checkpoint is None:
         run_dir = new_run_dir(cfg, Path(args.experiments_dir), args.run_id)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir), purge_step=checkpoint["step"] if checkpoint else None)
-    trainer = PPOTrainer(cfg, agent, envs, device, run_dir, writer, progress=not args.no_progress)
-    if checkpoint is not None:
-        try:
-            trainer.load_state_dict(checkpoint)
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise UserError(f"checkpoint in {run_dir} does not match its config: {str(err).splitlines()[0]}") from None
+    trainer = build_trainer(cfg, run_dir, checkpoint, progress=not args.no_progress)
     return trainer, run_dir
 
 

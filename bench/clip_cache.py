@@ -295,19 +295,11 @@ def make_cfg(model: str, clip_dir: Path, db_path: Path, cache_size: int, n_envs:
 
 
 def build(cfg: dict):
-    from envs import make_env
-    from models import build_agent
-    from trainers.ppo import PPOTrainer
-    from utils.checkpoint import seed_everything
+    from trainers.run import build_trainer
 
-    seed_everything(cfg["seed"])
-    envs = make_env(cfg["env"], cfg["n_envs"], cfg["vec_env"])
     tick = time.perf_counter()
-    agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
-    agent.to(torch.device("cpu"))
-    build_s = time.perf_counter() - tick
-    trainer = PPOTrainer(cfg, agent, envs, torch.device("cpu"), run_dir=None, writer=None, progress=False)
-    return trainer, build_s
+    trainer = build_trainer(cfg, run_dir=None)
+    return trainer, time.perf_counter() - tick
 
 
 def enc_counts(enc) -> dict:
@@ -424,11 +416,7 @@ def rollout_cache_off(model: str, clip_dir: Path, db_path: Path, args, to_tokens
         return out
 
     agent.act = timed_act
-    # What train() does before its first rollout.
-    trainer.obs, _ = trainer.envs.reset(seed=cfg["seed"])
-    trainer.episode_start = np.ones(trainer.n_envs, dtype=bool)
-    agent.reset_memory(trainer.n_envs)
-    agent.eval()
+    trainer.begin()  # what train() does before its first rollout
     enc = agent.image_encoder
     res = {"model": model, "cache": "off", "clip_cache_size": 0, "build_s": build_s, "load_before": load_avg()}
     print(f"[train] {model} cache off: {k} vector steps of collect_rollout ...", file=sys.stderr, flush=True)

@@ -30,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ENV_ID = "MiniGrid-KeyCorridorS3R1-v0"
@@ -87,10 +86,7 @@ def write_random_database(clip_dir: str, lm_dir: str, path: Path, n_words: int =
 
 
 def train_speed(model: str, overrides: dict, updates: int, rollout: int = 128) -> dict:
-    from envs import make_env
-    from models import build_agent
-    from trainers.ppo import PPOTrainer
-    from utils.checkpoint import seed_everything
+    from trainers.run import build_trainer
     from utils.config import defaults, validate
 
     cfg = defaults()
@@ -98,15 +94,9 @@ def train_speed(model: str, overrides: dict, updates: int, rollout: int = 128) -
                n_epochs=3, n_batches=8, n_steps=10**9)
     cfg.update(overrides)
     validate(cfg)
-    seed_everything(1)
-    device = torch.device(DEVICE)
-    envs = make_env(ENV_ID, 16, "sync")
-    agent = build_agent(model, envs.single_observation_space.shape, int(envs.single_action_space.n), cfg).to(device)
-    trainer = PPOTrainer(cfg, agent, envs, device, run_dir=None, writer=None, progress=False)
-    trainer.obs, _ = envs.reset(seed=1)
-    trainer.episode_start = np.ones(16, dtype=bool)
-    agent.reset_memory(16)
-    agent.eval()
+    trainer = build_trainer(cfg, run_dir=None)
+    envs = trainer.envs
+    trainer.begin()
     if DEVICE == "cuda":
         torch.cuda.reset_peak_memory_stats()
     units = []

@@ -207,13 +207,10 @@ class OursRunner(Runner):
 
     def __init__(self, model: str, seed: int, label: str | None = None, **overrides):
         super().__init__()
-        from envs import make_env
-        from models import build_agent
-        from trainers.ppo import PPOTrainer
+        from trainers.run import build_trainer
         from utils.config import defaults, validate
 
         self.model = label or model
-        seed_everything(seed)
         cfg = defaults()
         cfg.update(
             env=ENV_ID, model=model, seed=seed, device="cpu", save_ckpt=0, n_envs=N_ENVS, vec_env="sync",
@@ -225,15 +222,9 @@ class OursRunner(Runner):
         cfg.update(overrides)
         validate(cfg)
         self.cfg = cfg
-        self.envs = make_env(ENV_ID, N_ENVS, "sync")
-        agent = build_agent(model, self.envs.single_observation_space.shape,
-                            int(self.envs.single_action_space.n), cfg)
-        self.trainer = PPOTrainer(cfg, agent, self.envs, torch.device("cpu"), run_dir=None, writer=None,
-                                  progress=False)
-        self.trainer.obs, _ = self.envs.reset(seed=seed)
-        self.trainer.episode_start = np.ones(N_ENVS, dtype=bool)
-        agent.reset_memory(N_ENVS)
-        agent.eval()
+        self.trainer = build_trainer(cfg, run_dir=None)
+        self.envs, agent = self.trainer.envs, self.trainer.agent
+        self.trainer.begin()
         self.sub = {"hopfield": 0.0, "lm": 0.0}
         if hasattr(agent, "memory"):
             agent.memory_inputs = self._timed(agent.memory_inputs, "hopfield")

@@ -8,9 +8,11 @@ update. Recurrent agents get whole per-env sequences as minibatch units.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections import deque
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -287,13 +289,26 @@ class PPOTrainer:
         return logs
 
     # -- main loop ---------------------------------------------------------------------------
-    def train(self) -> str:
-        """Train until ``n_steps``; returns 'done' or 'interrupted' (Ctrl-C, checkpoint saved)."""
+    def begin(self) -> None:
+        """Reset the envs (seeded by seed + step) and the agent's memory: what `train` does first.
+
+        Code that drives `collect_rollout()` / `update()` itself (the benchmarks) calls it too.
+        """
         self.obs, _ = self.envs.reset(seed=self.cfg["seed"] + self.step)
         self.episode_start = np.ones(self.n_envs, dtype=bool)
         self.agent.reset_memory(self.n_envs)
         self.agent.eval()
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+
+    def train(self, on_update: Callable[[dict[str, float], int], None] | None = None) -> str:
+        """Train until ``n_steps``; returns 'done' or 'interrupted' (Ctrl-C, checkpoint saved).
+
+        ``on_update(logs, step)`` is called after every update (e.g. a sweep's metric report).
+        """
+        self.begin()
+        # Ctrl-C finishes the current rollout and saves; only the main thread may set handlers
+        # (a Ray Tune trial runs its function in another thread and is stopped by Tune instead).
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
         bar = self._progress_bar()
         start_time, start_step = time.perf_counter(), self.step
         status = "done"
@@ -315,11 +330,14 @@ class PPOTrainer:
                 self.last_losses = logs
                 self._log(logs)
                 self._maybe_checkpoint(logs)
+                if on_update is not None:
+                    on_update(logs, self.step)
                 if bar is not None:
                     bar.update(self.step - before)
                     bar.set_postfix(ret=f"{logs.get('rollout/ep_rew_mean', float('nan')):.3f}", refresh=False)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
             if bar is not None:
                 bar.close()
         if self.cfg["save_ckpt"] and self.run_dir is not None:
