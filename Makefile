@@ -5,9 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Users with a GPU can set TORCH= (empty) to keep the torch that pip picks for their platform.
 TORCH ?= torch==2.13.0
-# Optional extras installed by `make setup`/`make test`: the environment families' dependencies.
+# Optional extras installed by `make setup`/`make test`: the environment families' dependencies,
+# Ray Tune for sweep.py and rliable for report.py.
 # (Procgen also needs Qt 5 and MiniWorld EGL from the system: `make system-deps` on Debian/Ubuntu.)
-EXTRAS ?= dev,procgen,miniworld
+EXTRAS ?= dev,procgen,miniworld,sweep,report
 
 .PHONY: setup system-deps train test bench clean
 

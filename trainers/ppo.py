@@ -191,6 +191,7 @@ class PPOTrainer:
         self.last_losses: dict[str, float] = {}
         self.stop_requested = False
         self._last_ckpt_time = time.monotonic()
+        self.last_ckpt_every_s = LAST_CKPT_EVERY_S  # a sweep sets 0: a stopped trial loses no update
 
     # -- schedules ---------------------------------------------------------------------------
     def progress_fraction(self) -> float:
@@ -372,7 +373,7 @@ class PPOTrainer:
         if mean_return is not None and mean_return > self.best_mean_return:
             self.best_mean_return = mean_return
             self.save("ckpt_best.pt")
-        if time.monotonic() - self._last_ckpt_time > LAST_CKPT_EVERY_S:
+        if time.monotonic() - self._last_ckpt_time >= self.last_ckpt_every_s:
             self.save("ckpt_last.pt")
 
     # -- checkpoints -------------------------------------------------------------------------

@@ -93,13 +93,17 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
 
 
 def train(cfg: dict[str, Any], run_dir: Path, checkpoint: dict[str, Any] | None = None, progress: bool = False,
-          on_update: Callable[[dict[str, float], int], None] | None = None) -> tuple[str, dict[str, float]]:
+          on_update: Callable[[dict[str, float], int], None] | None = None,
+          last_ckpt_every_s: float | None = None) -> tuple[str, dict[str, float]]:
     """Train `cfg` into `run_dir` (continuing from `checkpoint` if given) until `n_steps`.
 
-    `on_update(logs, step)` is called after every PPO update (a sweep reports metrics with it).
+    `on_update(logs, step)` is called after every PPO update (a sweep reports metrics with it);
+    `last_ckpt_every_s` overrides how often `ckpt_last.pt` is refreshed (0: after every update).
     Returns ('done' | 'interrupted', the last update's logs); the envs and the writer are closed.
     """
     trainer = build_trainer(cfg, run_dir, checkpoint, progress)
+    if last_ckpt_every_s is not None:
+        trainer.last_ckpt_every_s = last_ckpt_every_s
     try:
         status = trainer.train(on_update=on_update)
     finally:

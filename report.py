@@ -1,0 +1,489 @@
+"""Compare trained agents across seeds: ``python report.py PATH [PATH ...] --out DIR [--metric-steps N] [--reps N]``.
+
+PATH is a run directory written by main.py (``experiments/<model>/<env>/<run_id>/``) or any
+directory above run directories (``experiments/``, ``experiments/HELM``). For every env the report
+holds, per model:
+
+* learning curves of ``rollout/ep_rew_mean`` and ``rollout/success_rate``: the mean over seeds
+  against env steps with a 95% bootstrap band over seeds (``curves__<env>__<metric>.png``);
+* the final performance of the runs (the last logged value of each metric, itself an average over
+  the last 100 training episodes) summarised by the interquartile mean (IQM) and the mean, each
+  with a 95% stratified-bootstrap confidence interval (rliable);
+* the probability that a memory model (HELM, HELMv2, SHELM) beats a baseline (Impala-PPO, CNN-PPO)
+  on a randomly drawn pair of runs, with a 95% confidence interval.
+
+``DIR/report.md`` is for reading, ``DIR/report.json`` holds the same numbers and the runs used.
+Bootstraps use a fixed seed, so the same runs always give the same report. Returns are not
+normalised across envs, so every statistic is computed per env, never pooled over envs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from utils.errors import UserError
+
+METRICS = ("rollout/ep_rew_mean", "rollout/success_rate")
+METRIC_NAMES = {"rollout/ep_rew_mean": "return", "rollout/success_rate": "success rate"}
+Y_LABELS = {"rollout/ep_rew_mean": "mean return (last 100 episodes)",
+            "rollout/success_rate": "success rate (last 100 episodes)"}
+MEMORY_MODELS = ("HELM", "HELMv2", "SHELM")
+BASELINES = ("Impala-PPO", "CNN-PPO")
+MODEL_ORDER = (*MEMORY_MODELS, *BASELINES)
+EVENTS_PREFIX = "events.out.tfevents."
+SEED = 0  # every bootstrap starts from this seed: the same runs always give the same report
+CONFIDENCE = 0.95
+
+Curve = tuple[np.ndarray, np.ndarray]  # (steps, values), steps strictly increasing
+
+
+@dataclass
+class Run:
+    """One training run: where it is, what it trained, and its logged scalars."""
+
+    path: Path
+    env: str
+    model: str
+    seed: int | None
+    budget: int
+    scalars: dict[str, Curve]
+
+    @property
+    def last_step(self) -> int:
+        """The env steps the run got to: the largest step any scalar was logged at."""
+        return max((int(steps[-1]) for steps, _ in self.scalars.values() if len(steps)), default=0)
+
+    def final(self, metric: str) -> float | None:
+        """The last logged value of `metric` (None when the run never logged it)."""
+        curve = self.scalars.get(metric)
+        return float(curve[1][-1]) if curve is not None and len(curve[0]) else None
+
+
+# ---------------------------------------------------------------- finding and reading runs
+
+
+def is_run_dir(directory: Path, filenames: Iterable[str]) -> bool:
+    """A run directory has the resolved config and at least one TensorBoard events file."""
+    names = set(filenames)
+    return "config.json" in names and any(name.startswith(EVENTS_PREFIX) for name in names)
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Every run directory at or below `paths`, each once even when the paths overlap.
+
+    Hidden directories (.git, .venv) and __pycache__ are not searched: they never hold runs and
+    walking a virtual environment would take long.
+    """
+    found: dict[Path, Path] = {}
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"path not found: {path}")
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            if is_run_dir(Path(dirpath), filenames):
+                found.setdefault(Path(dirpath).resolve(), Path(dirpath))
+    return sorted(found.values())
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config.json, checked for the keys the report groups and budgets by."""
+    path = run_dir / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    missing = [key for key in ("env", "model", "n_steps") if not isinstance(cfg, dict) or key not in cfg]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}: is it a run directory written by main.py?")
+    if isinstance(cfg["n_steps"], bool) or not isinstance(cfg["n_steps"], int):
+        raise UserError(f"{path}: n_steps must be an integer, got {cfg['n_steps']!r}")
+    return cfg
+
+
+def load_scalars(run_dir: Path) -> dict[str, Curve]:
+    """All scalars of a run, one value per step.
+
+    A resumed run may log a step twice; the value written last wins, since it comes from the run
+    that carried on. Non-finite values are dropped so that they cannot poison averages.
+    """
+    import logging
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    tb_logger = logging.getLogger("tensorboard")
+    level = tb_logger.level
+    tb_logger.setLevel(logging.ERROR)  # a resumed run's purge of steps it redid is expected, not news
+    try:
+        acc.Reload()
+    finally:
+        tb_logger.setLevel(level)
+    scalars = {}
+    for tag in acc.Tags()["scalars"]:
+        by_step: dict[int, float] = {}
+        for event in acc.Scalars(tag):
+            by_step[int(event.step)] = float(event.value)
+        steps = np.array(sorted(s for s, v in by_step.items() if np.isfinite(v)), dtype=np.int64)
+        scalars[tag] = (steps, np.array([by_step[s] for s in steps], dtype=np.float64))
+    return scalars
+
+
+def load_runs(paths: Iterable[Path]) -> list[Run]:
+    """The runs below `paths`, sorted by env, model, seed."""
+    paths = list(paths)
+    run_dirs = find_run_dirs(paths)
+    if not run_dirs:
+        raise UserError(f"no run directories (config.json + TensorBoard events) under {', '.join(map(str, paths))}")
+    runs = []
+    for run_dir in run_dirs:
+        cfg = read_config(run_dir)
+        runs.append(Run(run_dir, str(cfg["env"]), str(cfg["model"]), cfg.get("seed"), int(cfg["n_steps"]),
+                        load_scalars(run_dir)))
+    return sorted(runs, key=lambda r: (r.env, model_rank(r.model), r.seed if r.seed is not None else -1, str(r.path)))
+
+
+def model_rank(model: str) -> tuple[int, str]:
+    """Memory models first, then baselines, then anything else by name."""
+    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+
+
+def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
+    """env -> model -> runs, checking that all runs of an env had the same step budget.
+
+    Runs with different budgets are not comparable (a longer run has more time to learn), so a
+    mix is refused rather than silently averaged.
+    """
+    groups: dict[str, dict[str, list[Run]]] = {}
+    for run in runs:
+        groups.setdefault(run.env, {}).setdefault(run.model, []).append(run)
+    for env, by_model in groups.items():
+        budgets: dict[int, list[str]] = {}
+        for run in (r for model_runs in by_model.values() for r in model_runs):
+            budgets.setdefault(run.budget, []).append(str(run.path))
+        if len(budgets) > 1:
+            found = "; ".join(f"n_steps={b:,}: {', '.join(paths)}" for b, paths in sorted(budgets.items()))
+            raise UserError(f"runs of {env} have different step budgets ({found}); report runs of one budget at a time")
+    return groups
+
+
+# ---------------------------------------------------------------- learning curves
+
+
+def curve_on_grid(curve: Curve, grid: np.ndarray) -> np.ndarray:
+    """The curve linearly interpolated onto `grid`, NaN outside the logged steps.
+
+    No extrapolation: a run that stopped early (or had not logged yet) says nothing there.
+    """
+    steps, values = curve
+    out = np.full(grid.shape, np.nan)
+    if len(steps):
+        inside = (grid >= steps[0]) & (grid <= steps[-1])
+        out[inside] = np.interp(grid[inside], steps, values)
+    return out
+
+
+def bootstrap_band(curves: np.ndarray, reps: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Mean over runs and its percentile bootstrap band, resampling runs with replacement.
+
+    `curves` is [n_runs, n_points] with NaN where a run has no data. A resample is drawn as how
+    often each run is picked, so every point of the grid uses the same resampled runs and memory
+    stays [reps, n_points] however many runs there are.
+    """
+    n_runs = curves.shape[0]
+    counts = rng.multinomial(n_runs, np.full(n_runs, 1.0 / n_runs), size=reps).astype(np.float64)
+    has_data = np.isfinite(curves)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # grid points with no data at all stay NaN
+        mean = np.nanmean(curves, axis=0)
+        resampled = (counts @ np.where(has_data, curves, 0.0)) / (counts @ has_data)
+        tail = (1.0 - CONFIDENCE) / 2 * 100
+        low, high = np.nanpercentile(resampled, [tail, 100 - tail], axis=0)
+    return mean, low, high
+
+
+def plot_curves(env: str, metric: str, by_model: dict[str, list[Run]], budget: int, metric_steps: int, reps: int,
+                out_path: Path) -> None:
+    """One PNG: mean over seeds per model with its 95% bootstrap band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = np.linspace(0, budget, metric_steps)
+    fig = Figure(figsize=(7.5, 4.5))
+    FigureCanvasAgg(fig)  # render with Agg, whatever backend pyplot may have been given
+    ax = fig.add_subplot()
+    seeds = []
+    for model, runs in by_model.items():
+        runs = [r for r in runs if metric in r.scalars]
+        if not runs:
+            continue
+        curves = np.stack([curve_on_grid(r.scalars[metric], grid) for r in runs])
+        mean, low, high = bootstrap_band(curves, reps, np.random.default_rng(SEED))
+        line = ax.plot(grid, mean, label=f"{model} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")[0]
+        ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        seeds.append(f"{model} {len(runs)}")
+    ax.set_title(f"{env}  (seeds per model: {', '.join(seeds)})", fontsize=10)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel(Y_LABELS.get(metric, metric))
+    ax.set_xlim(0, budget)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+
+
+def curves_filename(env: str, metric: str) -> str:
+    """``curves__<env>__<metric>.png`` with characters unsafe in file names replaced by ``_``."""
+    safe = lambda text: "".join(c if c.isalnum() or c in "-._" else "_" for c in text)  # noqa: E731
+    return f"curves__{safe(env)}__{safe(metric)}.png"
+
+
+# ---------------------------------------------------------------- final performance (rliable)
+
+
+def import_rliable():
+    """rliable's library and metrics modules, or a UserError saying how to fix a broken install."""
+    try:
+        from rliable import library, metrics
+    except Exception as err:  # noqa: BLE001 - whatever fails inside its imports, the fix is the install
+        raise UserError(f"cannot import rliable ({type(err).__name__}: {str(err).splitlines()[0]}); rliable 1.2 "
+                        "needs arch 7.x, which needs pandas<3") from None
+    return library, metrics
+
+
+@contextmanager
+def seeded_numpy(seed: int) -> Iterator[None]:
+    """Seed numpy's global RNG for a block and restore it afterwards.
+
+    rliable's bootstrap draws from numpy's global RNG (whatever random_state is passed), so this is
+    the only way to make its intervals reproducible without disturbing the caller's random state.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def estimate(point: Any, interval: np.ndarray, index: int = 0) -> dict[str, float | None]:
+    """{point, low, high} as plain floats for JSON."""
+    point, interval = np.atleast_1d(point), np.asarray(interval).reshape(2, -1)
+    return {"point": as_float(point[index]), "low": as_float(interval[0, index]), "high": as_float(interval[1, index])}
+
+
+def as_float(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def final_scores(runs: list[Run], metric: str) -> np.ndarray:
+    """The runs' final values of `metric` as rliable's [n_runs, n_tasks=1] matrix."""
+    values = [r.final(metric) for r in runs]
+    return np.array([v for v in values if v is not None], dtype=np.float64).reshape(-1, 1)
+
+
+def aggregate(scores: np.ndarray, reps: int) -> dict[str, Any]:
+    """IQM and mean over runs, each with a 95% stratified-bootstrap CI (one bootstrap for both)."""
+    rly, metrics = import_rliable()
+    both = lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_mean(s)])  # noqa: E731
+    with seeded_numpy(SEED):
+        points, intervals = rly.get_interval_estimates({"x": scores}, both, reps=reps,
+                                                       confidence_interval_size=CONFIDENCE)
+    return {"n": int(scores.shape[0]), "iqm": estimate(points["x"], intervals["x"], 0),
+            "mean": estimate(points["x"], intervals["x"], 1)}
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int) -> dict[str, float | None]:
+    """P(a random run of X beats a random run of Y), with a 95% bootstrap CI over both sets of runs."""
+    rly, metrics = import_rliable()
+    with seeded_numpy(SEED):
+        points, intervals = rly.get_interval_estimates({"x>y": [x, y]}, metrics.probability_of_improvement,
+                                                       reps=reps, confidence_interval_size=CONFIDENCE)
+    return estimate(points["x>y"], intervals["x>y"])
+
+
+def summarise_env(env: str, by_model: dict[str, list[Run]], reps: int) -> dict[str, Any]:
+    """Per model: runs, seeds, steps reached and final-performance statistics; then the pairwise
+    probabilities of improvement of memory models over baselines."""
+    budget = next(iter(by_model.values()))[0].budget
+    models = {}
+    for model, runs in by_model.items():
+        reached = [r.last_step for r in runs]
+        finals = {}
+        for metric in METRICS:
+            scores = final_scores(runs, metric)
+            finals[metric] = aggregate(scores, reps) if len(scores) else None
+        models[model] = {
+            "runs": len(runs),
+            "seeds": [r.seed for r in runs],
+            "steps_reached": [min(reached), max(reached)],
+            "stopped_early": [str(r.path) for r in runs if r.last_step < budget],
+            "final": finals,
+        }
+    improvement = []
+    for model in (m for m in MEMORY_MODELS if m in by_model):
+        for baseline in (b for b in BASELINES if b in by_model):
+            for metric in METRICS:
+                x, y = final_scores(by_model[model], metric), final_scores(by_model[baseline], metric)
+                if len(x) and len(y):
+                    improvement.append({"model": model, "baseline": baseline, "metric": metric,
+                                        "n_model": len(x), "n_baseline": len(y),
+                                        **probability_of_improvement(x, y, reps)})
+    return {"n_steps": budget, "models": models, "improvement": improvement, "plots": {}}
+
+
+# ---------------------------------------------------------------- the report
+
+
+def format_interval(est: dict[str, float | None]) -> str:
+    """``0.512 [0.401, 0.600]``."""
+    fmt = lambda v: "nan" if v is None else f"{v:.3f}"  # noqa: E731
+    return f"{fmt(est['point'])} [{fmt(est['low'])}, {fmt(est['high'])}]"
+
+
+def format_estimate(stats: dict[str, Any] | None, key: str, runs: int) -> str:
+    """An IQM or mean cell, noting how many runs logged the metric when not all did."""
+    if stats is None:
+        return "–"
+    text = format_interval(stats[key])
+    return text if stats["n"] == runs else f"{text} (n={stats['n']})"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: per env a table of final performance, one of improvement probabilities, the plots."""
+    lines = ["# Training report", "",
+             f"{len(report['runs'])} runs. Final performance is the last logged value of each metric (an "
+             f"average over the last 100 training episodes); IQM and mean over runs with {CONFIDENCE:.0%} "
+             f"stratified-bootstrap CIs ({report['reps']} repetitions, seed {report['seed']}). Statistics are "
+             "per env: returns are not comparable across envs. (n=k): only k of the runs logged the metric "
+             "(the others never finished an episode).", ""]
+    for env, summary in report["envs"].items():
+        lines += [f"## {env}", "", f"Budget: {summary['n_steps']:,} env steps.", "",
+                  "| model | runs (seeds) | env steps reached (min–max) | final return IQM [95% CI] | mean [95% CI] "
+                  "| success rate IQM [95% CI] | mean [95% CI] |",
+                  "|---|---|---|---|---|---|---|"]
+        early_notes = []
+        for model, stats in summary["models"].items():
+            seeds = ", ".join(str(s) for s in stats["seeds"])
+            low, high = stats["steps_reached"]
+            reached = f"{low:,}–{high:,}"
+            if stats["stopped_early"]:
+                n_early = len(stats["stopped_early"])
+                reached += f" ({n_early} run{'s' if n_early > 1 else ''} stopped early)"
+                early_notes += [f"- {model}: `{path}`" for path in stats["stopped_early"]]
+            cells = [format_estimate(stats["final"][m], key, stats["runs"]) for m in METRICS for key in ("iqm", "mean")]
+            lines.append(f"| {model} | {stats['runs']} ({seeds}) | {reached} | {' | '.join(cells)} |")
+        if early_notes:
+            lines += ["", "Runs that stopped before the budget (their final values come from where they stopped, "
+                      "and they add to the curves only up to their last logged step):", *early_notes]
+        lines += ["", "### Probability of improvement", ""]
+        if summary["improvement"]:
+            lines += ["P(a random run of the memory model ends higher than a random run of the baseline), "
+                      f"{CONFIDENCE:.0%} CI.", "",
+                      "| memory model | baseline | metric | runs | P(improvement) [95% CI] |", "|---|---|---|---|---|"]
+            for row in summary["improvement"]:
+                lines.append(f"| {row['model']} | {row['baseline']} | {METRIC_NAMES[row['metric']]} "
+                             f"| {row['n_model']} vs {row['n_baseline']} "
+                             f"| {format_interval(row)} |")
+        else:
+            lines.append("No memory model (HELM, HELMv2, SHELM) and baseline (Impala-PPO, CNN-PPO) both ran here.")
+        lines += ["", "### Learning curves", "",
+                  f"Mean over seeds with a {CONFIDENCE:.0%} bootstrap band over seeds.", ""]
+        lines += [f"- [{metric}]({name})" for metric, name in summary["plots"].items()]
+        for metric, name in summary["plots"].items():
+            lines += ["", f"![{env} {metric}]({name})"]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create `out_dir` up front so that a bad --out fails before any work is done."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create the output directory {out_dir}: {err.strerror or err}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise UserError(f"output directory {out_dir} is not writable")
+
+
+def write_out(action: Callable[[], Any], path: Path) -> None:
+    """Run a write, turning an OS error into a one-line UserError."""
+    try:
+        action()
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps: int = 100,
+                 reps: int = 2000) -> dict[str, Any]:
+    """Write report.md, report.json and the curve PNGs into `out_dir`; return what report.json holds."""
+    if metric_steps < 2:
+        raise UserError(f"--metric-steps must be at least 2, got {metric_steps}")
+    if reps < 1:
+        raise UserError(f"--reps must be at least 1, got {reps}")
+    paths, out_dir = [Path(p) for p in paths], Path(out_dir)
+    groups = group_runs(load_runs(paths))
+    prepare_out_dir(out_dir)
+    runs = [r for by_model in groups.values() for model_runs in by_model.values() for r in model_runs]
+    report: dict[str, Any] = {
+        "paths": [str(p) for p in paths],
+        "metric_steps": metric_steps,
+        "reps": reps,
+        "seed": SEED,
+        "confidence": CONFIDENCE,
+        "runs": [{"path": str(r.path), "env": r.env, "model": r.model, "seed": r.seed, "n_steps": r.budget,
+                  "last_step": r.last_step, "final": {m: r.final(m) for m in METRICS}} for r in runs],
+        "envs": {},
+    }
+    for env, by_model in groups.items():
+        by_model = dict(sorted(by_model.items(), key=lambda item: model_rank(item[0])))
+        summary = summarise_env(env, by_model, reps)
+        for metric in METRICS:
+            if any(metric in r.scalars for model_runs in by_model.values() for r in model_runs):
+                name = curves_filename(env, metric)
+                write_out(lambda: plot_curves(env, metric, by_model, summary["n_steps"], metric_steps, reps,
+                                              out_dir / name), out_dir / name)
+                summary["plots"][metric] = name
+        report["envs"][env] = summary
+    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
+    write_out(lambda: json_path.write_text(json.dumps(report, indent=2) + "\n"), json_path)
+    write_out(lambda: md_path.write_text(render_markdown(report)), md_path)
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories or directories above them")
+    parser.add_argument("--out", required=True, metavar="DIR", help="where report.md, report.json and the PNGs go")
+    parser.add_argument("--metric-steps", type=int, default=100, metavar="N",
+                        help="points of the common step grid of the learning curves (default: 100)")
+    parser.add_argument("--reps", type=int, default=2000, metavar="N",
+                        help="bootstrap repetitions for the confidence intervals (default: 2000)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = build_report(args.paths, args.out, args.metric_steps, args.reps)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report of {len(report['runs'])} runs in {len(report['envs'])} env(s): {Path(args.out) / 'report.md'}",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

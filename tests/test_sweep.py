@@ -1,0 +1,112 @@
+"""sweep.py on Ray Tune: trials as normal run directories, failures reported, interrupt and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+import sweep  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"env": "CueRecall-D1-v0", "n_envs": 2, "n_rollout_steps": 8, "n_batches": 2, "n_epochs": 1, "n_steps": 32}
+
+
+def write_config(path: Path, **values) -> str:
+    path.write_text(json.dumps(TINY | values))
+    return str(path)
+
+
+def run_sweep(*args: str, cwd: Path, wait: bool = True):
+    env = dict(os.environ, RAY_DEDUP_LOGS="0", TRANSFORMERS_VERBOSITY="error")
+    command = [sys.executable, str(ROOT / "sweep.py"), *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def steps(run_dir: Path) -> int:
+    return load_checkpoint(run_dir / "ckpt_last.pt")["step"]
+
+
+@pytest.mark.slow
+def test_two_configs_two_seeds_and_a_failing_trial(tmp_path):
+    cnn = write_config(tmp_path / "cnn.json", model="CNN-PPO")
+    lstm = write_config(tmp_path / "lstm.json", model="Impala-PPO")
+    broken = write_config(tmp_path / "broken.json", model="HELM", lm=str(tmp_path / "no-such-lm"))
+    done = run_sweep("--config", cnn, lstm, broken, "--seeds", "2", "--name", "t", "--experiments-dir", "exp", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr  # one config failed, the others finished
+    exp = tmp_path / "exp"
+    for model in ("CNN-PPO", "Impala-PPO"):
+        for seed in (1, 2):
+            run = exp / model / "CueRecall-D1-v0" / f"t-seed{seed}"
+            assert steps(run) == 32 and any(run.glob("events.out.tfevents.*"))
+            assert json.loads((run / "config.json").read_text())["seed"] == seed
+    failed = [line for line in done.stderr.splitlines() if line.startswith("failed: ")]
+    assert len(failed) == 2 and all("no-such-lm" in line for line in failed)
+    state = json.loads((exp / "sweeps" / "t" / "sweep.json").read_text())
+    assert len(state["trials"]) == 6
+
+    # resuming a sweep whose trials all ended reruns only the failed ones (they fail again)
+    again = run_sweep("--name", "t", "--resume", "--experiments-dir", "exp", cwd=tmp_path)
+    assert "4 finished before, 2 to run" in again.stderr and again.returncode == 1
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_from_the_last_checkpoints(tmp_path):
+    cnn = write_config(tmp_path / "cnn.json", model="CNN-PPO", n_steps=4000)
+    proc = run_sweep("--config", cnn, "--seeds", "2", "--name", "i", "--experiments-dir", "exp", cwd=tmp_path, wait=False)
+    runs = [tmp_path / "exp" / "CNN-PPO" / "CueRecall-D1-v0" / f"i-seed{seed}" for seed in (1, 2)]
+    deadline = time.monotonic() + 300
+    while not all((run / "ckpt_last.pt").exists() for run in runs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+    interrupted = [steps(run) for run in runs]
+    assert all(0 < s < 4000 for s in interrupted)
+
+    resumed = run_sweep("--name", "i", "--resume", "--experiments-dir", "exp", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert all(steps(run) >= 4000 for run in runs)
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    cnn = write_config(tmp_path / "cnn.json", model="CNN-PPO")
+    cases = [
+        ["--config", str(tmp_path / "missing.json"), "--seeds", "1"],
+        ["--config", cnn, "--seeds", "1", "--grid", "beta"],
+        ["--config", cnn, "--seeds", "1", "--grid", "no_such_key=1,2"],
+        ["--config", cnn, "--seeds", "1", "--grid", "beta=1,"],
+        ["--config", cnn],
+        ["--config", cnn, "--seed-list", "1,x"],
+        ["--config", cnn, "--seeds", "1", "--var", "seed=3"],
+        ["--name", "nothing-here", "--resume"],
+        ["--config", cnn, "--seeds", "1", "--address", "127.0.0.1:1"],
+    ]
+    for args in cases:
+        assert sweep.main([*args, "--experiments-dir", str(tmp_path / "exp")]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err and err[-1].startswith("error: ") and len(err[-1]) < 400, (args, err)
+
+
+def test_trials_cross_configs_grid_and_seeds(tmp_path):
+    cnn = write_config(tmp_path / "cnn.json", model="CNN-PPO")
+    args = sweep.parse_args(["--config", cnn, "--seeds", "2", "--grid", "learning_rate=1e-3,1e-4", "--grid", "ent_coef=0,0.01",
+                             "--name", "g", "--experiments-dir", str(tmp_path / "exp")])
+    name, trials = sweep.build_trials(args)
+    assert name == "g" and len(trials) == 8
+    names = {Path(t["run_dir"]).name for t in trials}
+    assert "g-learning_rate0.001-ent_coef0.0-seed1" in names and len(names) == 8
+    assert all(t["cfg"]["torch_threads"] == 1 for t in trials)
