@@ -281,11 +281,15 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
         ),
     )
     results = tuner.fit()
-    for result in results:
-        run_dir, cfg = result.config["trial"]["run_dir"], result.config["trial"]["cfg"]
-        if result.error is not None:
-            outcome["failed"].append(f"{run_dir}: {str(result.error).strip().splitlines()[-1]}")
-        elif trial_status(run_dir, cfg["n_steps"])[0] == "finished":
+    errors = {}
+    for result in results:  # trials that never started (Ctrl-C while pending) come back without a config
+        if result.config and result.error is not None:
+            errors[result.config["trial"]["run_dir"]] = str(result.error).strip().splitlines()[-1]
+    for trial in todo:
+        run_dir = trial["run_dir"]
+        if run_dir in errors:
+            outcome["failed"].append(f"{run_dir}: {errors[run_dir]}")
+        elif trial_status(run_dir, trial["cfg"]["n_steps"])[0] == "finished":
             outcome["done"].append(run_dir)
         else:
             outcome["stopped"].append(run_dir)

@@ -64,7 +64,9 @@ def test_two_configs_two_seeds_and_a_failing_trial(tmp_path):
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_from_the_last_checkpoints(tmp_path):
     cnn = write_config(tmp_path / "cnn.json", model="CNN-PPO", n_steps=4000)
-    proc = run_sweep("--config", cnn, "--seeds", "2", "--name", "i", "--experiments-dir", "exp", cwd=tmp_path, wait=False)
+    # three trials on two CPUs: the third is still pending when Ctrl-C comes
+    proc = run_sweep("--config", cnn, "--seeds", "3", "--name", "i", "--experiments-dir", "exp", "--cpus-per-trial", "1",
+                     cwd=tmp_path, wait=False)
     runs = [tmp_path / "exp" / "CNN-PPO" / "CueRecall-D1-v0" / f"i-seed{seed}" for seed in (1, 2)]
     deadline = time.monotonic() + 300
     while not all((run / "ckpt_last.pt").exists() for run in runs):
@@ -79,7 +81,7 @@ def test_interrupted_sweep_resumes_from_the_last_checkpoints(tmp_path):
 
     resumed = run_sweep("--name", "i", "--resume", "--experiments-dir", "exp", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert all(steps(run) >= 4000 for run in runs)
+    assert all(steps(run) >= 4000 for run in [*runs, runs[0].with_name("i-seed3")])
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
