@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import transformers
 
 from utils.errors import UserError
-from utils.hub import first_line
+from utils.hub import first_line, hub_offline
 
 # CLIP's normalisation constants (the values used by OpenAI CLIP and every HF CLIP checkpoint).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -49,7 +49,7 @@ def load_clip(clip_model: str) -> transformers.CLIPModel:
             # The local cache first: no network round trips (and retries) when the model is there.
             clip = transformers.CLIPModel.from_pretrained(clip_model, local_files_only=True)
         except OSError:
-            if os.path.isdir(clip_model) or _hub_offline():
+            if os.path.isdir(clip_model) or hub_offline():
                 raise
             clip = transformers.CLIPModel.from_pretrained(clip_model)
     except OSError as exc:
@@ -64,10 +64,6 @@ def load_clip(clip_model: str) -> transformers.CLIPModel:
     clip.requires_grad_(False)
     clip.eval()
     return clip
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class CLIPImageEncoder(torch.nn.Module):

@@ -126,12 +126,11 @@ def load_tokenizer(name: str, what: str):
         try:  # local files first: no network retries when the tokenizer is cached or a directory
             return AutoTokenizer.from_pretrained(source, local_files_only=True)
         except OSError:
-            if os.path.exists(expanded) or os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+            if os.path.exists(expanded) or hub_offline():
                 raise
             return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load the {what} tokenizer from {name!r}: {text}") from exc
+        raise UserError(f"cannot load the {what} tokenizer from {name!r}: {first_line(exc)}") from exc
 
 
 def _looks_like_path(s: str) -> bool:
@@ -343,7 +342,6 @@ class LMMemory(Memory):
         # Tokens are named by their absolute index a = 0, 1, 2, ...; a lives in slot a % capacity.
         # Causal mode needs the window's mem_len - 1 old tokens plus the new ones (one by default).
         self._capacity = self.mem_len
-        self._last_k = 1
         self._slot_token = torch.full((self._capacity,), -1, dtype=torch.long, device=device)
         self._inputs = torch.zeros(n_envs, self._capacity, self.d_embed, device=device, dtype=dtype)
         self._start = torch.zeros(n_envs, dtype=torch.long, device=device)  # first token of each row's episode
@@ -450,7 +448,6 @@ class LMMemory(Memory):
         if commit:
             self._inputs[:, slots] = embeds
             self._t += k
-            self._last_k = k
             if self._needs_rebuild(k):  # now, so that the next peek or step finds room
                 self._rebuild()
         else:

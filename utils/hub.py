@@ -6,12 +6,15 @@ also runs outside the project's environment (models/transfo_xl.py in a side virt
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.parse
 
 
 def hub_offline() -> bool:
-    """True when the user switched the hub off (HF_HUB_OFFLINE)."""
+    """True when the user switched the hub off: HF_HUB_OFFLINE now, or when huggingface_hub was imported."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return True
     import huggingface_hub
 
     if hasattr(huggingface_hub, "is_offline_mode"):
