@@ -15,7 +15,6 @@ last bits; a batch that is all misses (no duplicates) is bit-identical to the un
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import OrderedDict
 
 import numpy as np
@@ -23,8 +22,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from utils.errors import UserError
-from utils.hub import first_line, hub_offline
+from utils.hub import expect_clip, load_pretrained
 
 # CLIP's normalisation constants (the values used by OpenAI CLIP and every HF CLIP checkpoint).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -34,36 +32,20 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def load_clip(clip_model: str) -> transformers.CLIPModel:
     """Load a CLIP model (hub id or local directory), frozen and in eval mode.
 
-    Fails with a one-line ``UserError`` rather than a hub traceback, because the usual causes
-    (typo in a path, no network for an uncached hub id) are fixed by the user.
+    Fails with a one-line ``UserError`` rather than a hub traceback (see `utils.hub.load_pretrained`):
+    the usual causes (a typo in a path, no network for an uncached hub id, a directory holding
+    another kind of model) are fixed by the user.
     """
-    # Hub ids look like "name" or "org/name"; anything else is meant as a local path.
-    looks_like_path = clip_model.startswith((".", "/", "~")) or clip_model.count("/") > 1
-    expanded = os.path.expanduser(clip_model)
-    if os.path.exists(expanded):
-        clip_model = expanded
-    elif looks_like_path:
-        raise UserError(f"CLIP model path does not exist: {clip_model}")
-    try:
-        try:
-            # The local cache first: no network round trips (and retries) when the model is there.
-            clip = transformers.CLIPModel.from_pretrained(clip_model, local_files_only=True)
-        except OSError:
-            if os.path.isdir(clip_model) or hub_offline():
-                raise
-            clip = transformers.CLIPModel.from_pretrained(clip_model)
-    except OSError as exc:
-        if os.path.isdir(clip_model):
-            raise UserError(f"{clip_model} is not a CLIP model directory ({first_line(exc)})") from exc
-        raise UserError(
-            f"cannot load CLIP model {clip_model!r}: not in the local Hugging Face cache and not downloadable; "
-            f"point clip_model at a local directory that holds a saved CLIP model"
-        ) from exc
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"{clip_model} is not a usable CLIP model: {first_line(exc)}") from exc
+    clip = load_pretrained(transformers.CLIPModel, clip_model, "CLIP model", expect=expect_clip,
+                           hint="point clip_model at a local directory that holds a saved CLIP model")
     clip.requires_grad_(False)
     clip.eval()
     return clip
+
+
+def load_clip_tokenizer(clip_model: str):
+    """The tokenizer saved with a CLIP model (hub id or directory), after checking that it is a CLIP."""
+    return load_pretrained(transformers.AutoTokenizer, clip_model, "CLIP tokenizer", expect=expect_clip, model=False)
 
 
 class CLIPImageEncoder(torch.nn.Module):

@@ -15,8 +15,6 @@ Two ways to run the LM:
 from __future__ import annotations
 
 import inspect
-
-import os
 from collections.abc import Callable
 
 import torch
@@ -26,7 +24,7 @@ from transformers.cache_utils import DynamicLayer
 
 from models.memory import Memory
 from utils.errors import UserError
-from utils.hub import first_line, hub_offline, hub_reachable
+from utils.hub import expect_text_model, load_pretrained
 
 MINILM = "minilm"
 
@@ -77,8 +75,10 @@ def load_frozen_lm(lm: str, lm_layers: int | None = None) -> PreTrainedModel:
 
     `lm_layers=N` keeps only the first N transformer blocks (a cheaper memory).
     """
-    path = resolve_lm_path(lm)
-    model = _from_pretrained(path, lm)
+    model = load_pretrained(
+        AutoModel, resolve_lm_path(lm), "LM", expect=expect_text_model,
+        hint=f"point `lm` at a local model directory, or use the offline default `{MINILM}`",
+    )
     try:
         embeddings = model.get_input_embeddings()
     except (NotImplementedError, AttributeError):
@@ -94,58 +94,14 @@ def load_frozen_lm(lm: str, lm_layers: int | None = None) -> PreTrainedModel:
     return model
 
 
-def _from_pretrained(path: str, lm: str) -> PreTrainedModel:
-    if _looks_like_path(path):
-        local = os.path.expanduser(path)
-        if not os.path.exists(local):
-            raise UserError(f"LM path {path!r} does not exist")
-        return _load_or_user_error(lambda: AutoModel.from_pretrained(local), f"cannot load LM from {path!r}")
-    # A hub id: the local cache first, which never touches the network.
-    try:
-        return AutoModel.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as err:
-        cache_error = err
-    # Only try a download when the hub answers at all: huggingface_hub otherwise retries for ~30 s.
-    if not hub_offline() and hub_reachable():
-        return _load_or_user_error(lambda: AutoModel.from_pretrained(path), f"cannot download LM {path!r}")
-    raise UserError(
-        f"cannot load LM {path!r} offline ({first_line(cache_error)}); "
-        f"point `lm` at a local model directory or use the offline default `{MINILM}`"
-    )
+def load_tokenizer(name: str, what: str, expect: Callable[[dict], str | None] | None = None):
+    """A Hugging Face tokenizer from a directory or hub id (`what`: "CLIP", "LM"): local files first, one-line errors.
 
-
-def load_tokenizer(name: str, what: str):
-    """A Hugging Face tokenizer from a directory or hub id: local files first, a one-line error on failure."""
+    `expect` checks the directory's config.json, when it has one, before anything is loaded.
+    """
     from transformers import AutoTokenizer
 
-    expanded = os.path.expanduser(name)
-    if name.startswith((".", "/", "~")) and not os.path.exists(expanded):
-        raise UserError(f"{what} path does not exist: {name}")
-    source = expanded if os.path.exists(expanded) else name
-    try:
-        try:  # local files first: no network retries when the tokenizer is cached or a directory
-            return AutoTokenizer.from_pretrained(source, local_files_only=True)
-        except OSError:
-            if os.path.exists(expanded) or hub_offline():
-                raise
-            return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot load the {what} tokenizer from {name!r}: {first_line(exc)}") from exc
-
-
-def _looks_like_path(s: str) -> bool:
-    if os.path.exists(s) or s.startswith(("/", "./", "../", "~")) or s in (".", ".."):
-        return True
-    # "runs/my_lm" with an existing local "runs/" is a path with a typo, not a hub id.
-    head = s.split("/", 1)[0]
-    return "/" in s and os.path.isdir(head)
-
-
-def _load_or_user_error(load: Callable[[], PreTrainedModel], what: str) -> PreTrainedModel:
-    try:
-        return load()
-    except (OSError, ValueError) as err:
-        raise UserError(f"{what}: {first_line(err)}") from err
+    return load_pretrained(AutoTokenizer, name, f"{what} tokenizer", expect=expect, model=False)
 
 
 def _keep_first_layers(model: PreTrainedModel, n: int, lm: str) -> None:

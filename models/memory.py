@@ -105,5 +105,6 @@ def load_lm_tokenizer(lm: str):
 
         return load_transfo_xl_vocab(lm)
     from models.lm_memory import load_tokenizer, resolve_lm_path
+    from utils.hub import expect_text_model
 
-    return load_tokenizer(resolve_lm_path(lm), "LM")
+    return load_tokenizer(resolve_lm_path(lm), "LM", expect=expect_text_model)

@@ -354,10 +354,10 @@ def test_loading_errors(paths, tmp_path, monkeypatch):
         load_frozen_lm(paths["gpt2"], lm_layers=3)
     with pytest.raises(UserError, match="mode"):
         LMMemory(load_frozen_lm(paths["gpt2"]), mem_len=4, mode="sideways")
-    with pytest.raises(UserError, match="cannot load"):
+    with pytest.raises(UserError, match="has no config.json"):
         load_frozen_lm(str(tmp_path))  # exists but holds no model
     # An uncached hub id fails at once with a hint, without waiting on the network.
-    monkeypatch.setattr("models.lm_memory.hub_reachable", lambda: False)
+    monkeypatch.setattr("utils.hub.hub_reachable", lambda: False)
     with pytest.raises(UserError, match="minilm"):
         load_frozen_lm("nobody-xyz/not-a-cached-model")
 
