@@ -347,6 +347,9 @@ def load_database(path: str | os.PathLike, clip_model: str, lm: str, templates: 
     """
     template_arg = templates if templates is not None else "none"
     command = prepare_command(clip_model, lm, template_arg, path)
+    if templates is not None:
+        # Before the file: with a bad templates value the command above could not build it.
+        template_name, template_strings = resolve_templates(templates)
     try:
         db = read_database(path)
     except FileNotFoundError:
@@ -362,11 +365,7 @@ def load_database(path: str | os.PathLike, clip_model: str, lm: str, templates: 
     if meta.get("lm") != model_identity(lm):
         mismatches.append(f"LM {meta.get('lm')!r}")
     if templates is not None:
-        try:
-            name, strings = resolve_templates(templates)
-        except UserError:
-            name, strings = templates, meta.get("template_strings")
-        if meta.get("templates") != name or meta.get("template_strings") != strings:
+        if meta.get("templates") != template_name or meta.get("template_strings") != template_strings:
             mismatches.append(f"templates {meta.get('templates')!r}")
     if mismatches:
         raise UserError(

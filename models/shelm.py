@@ -31,6 +31,9 @@ class SHELM(LMMemoryAgent):
 
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
         super().__init__(obs_shape, n_actions, cfg)
+        # CLIP (and, in load_database, the templates) before the database: a "build it with
+        # prepare_embeddings.py ..." hint must name a command that can work.
+        self.image_encoder = CLIPImageEncoder(load_clip(cfg["clip_model"]), cfg["clip_cache_size"])
         path = cfg["semantic_db"] or default_db_path(cfg["clip_model"], cfg["lm"], cfg["templates"])
         db = load_database(path, cfg["clip_model"], cfg["lm"], cfg["templates"])
         self.topk: int = cfg["topk"]
@@ -39,7 +42,6 @@ class SHELM(LMMemoryAgent):
         vocab_size = self.memory.token_embeddings().shape[0]
         if int(db["lm_ids"].max()) >= vocab_size:
             raise UserError(f"semantic database {path} has LM token ids beyond the LM's {vocab_size} embeddings; rebuild it")
-        self.image_encoder = CLIPImageEncoder(load_clip(cfg["clip_model"]), cfg["clip_cache_size"])
         if db["embeddings"].shape[1] != self.image_encoder.embed_dim:
             raise UserError(f"semantic database {path} has {db['embeddings'].shape[1]}-d embeddings, CLIP gives "
                             f"{self.image_encoder.embed_dim}-d; rebuild it with prepare_embeddings.py")
