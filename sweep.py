@@ -106,7 +106,8 @@ def build_trials(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     trials = []
     names = set()
     for config_file in args.config:
-        base = config_lib.resolve(config_file, args.var)
+        base = config_lib.resolve(config_file, args.var, warn=False)
+        explicit = set(config_lib.load_file(config_file)) | set(overrides) | set(grid)
         names.add(base["env"])
         for values in itertools.product(*grid.values()):
             point = dict(zip(grid, values))
@@ -115,6 +116,8 @@ def build_trials(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
                 if base["torch_threads"] is None:
                     cfg["torch_threads"] = max(1, int(args.cpus_per_trial))
                 config_lib.validate(cfg)
+                if seed == seeds[0]:
+                    config_lib.warn_unused(cfg, explicit, where=f" (trial {point or config_file})")
                 trials.append({"cfg": cfg, "point": point, "config_file": str(Path(config_file).resolve())})
     name = args.name or "-".join(sorted(names)).replace("/", "_")
     for trial in trials:

@@ -287,7 +287,7 @@ def make_cfg(model: str, clip_dir: Path, db_path: Path, cache_size: int, n_envs:
     cfg.update({k: config_lib.coerce(k, v) for k, v in raw.items() if k in config_lib.SCHEMA})
     cfg.update(lm="minilm", lm_mode="causal", mem_len=511, lm_layers=None, torch_threads=None)
     cfg = {k: v for k, v in cfg.items() if k in config_lib.SCHEMA}
-    cfg.update(env=ENV_ID, model=model, seed=seed, device="cpu", save_ckpt=0, n_envs=n_envs,
+    cfg.update(env=ENV_ID, model=model, seed=seed, device="cpu", save_ckpt=False, n_envs=n_envs,
                n_rollout_steps=rollout, clip_model=str(clip_dir), clip_cache_size=cache_size,
                semantic_db=str(db_path))
     config_lib.validate(cfg)

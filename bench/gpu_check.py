@@ -90,7 +90,7 @@ def train_speed(model: str, overrides: dict, updates: int, rollout: int = 128) -
     from utils.config import defaults, validate
 
     cfg = defaults()
-    cfg.update(env=ENV_ID, model=model, seed=1, device=DEVICE, save_ckpt=0, n_envs=16, n_rollout_steps=rollout,
+    cfg.update(env=ENV_ID, model=model, seed=1, device=DEVICE, save_ckpt=False, n_envs=16, n_rollout_steps=rollout,
                n_epochs=3, n_batches=8, n_steps=10**9)
     cfg.update(overrides)
     validate(cfg)

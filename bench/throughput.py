@@ -213,7 +213,7 @@ class OursRunner(Runner):
         self.model = label or model
         cfg = defaults()
         cfg.update(
-            env=ENV_ID, model=model, seed=seed, device="cpu", save_ckpt=0, n_envs=N_ENVS, vec_env="sync",
+            env=ENV_ID, model=model, seed=seed, device="cpu", save_ckpt=False, n_envs=N_ENVS, vec_env="sync",
             n_rollout_steps=N_ROLLOUT, n_epochs=N_EPOCHS, n_batches=N_BATCHES, learning_rate=1e-4,
             lr_decay="none", ent_coef=0.05, ent_decay="none", clip_range=0.2, clip_decay="none",
             clip_range_vf=None, gamma=0.99, gae_lambda=0.99, vf_coef=0.5, max_grad_norm=0.5, adv_norm=True,

@@ -26,12 +26,15 @@ from trainers.normalize import RewardNormalizer
 from trainers.schedules import decayed
 from utils.checkpoint import rng_state, save_checkpoint, set_rng_state
 
-LAST_CKPT_EVERY_S = 120.0  # ckpt_last.pt is also written at the end and on Ctrl-C
+# ckpt_last.pt is refreshed so that a hard kill (SIGKILL, power loss) loses at most 30 s or one
+# update, whichever is more; it is also written at the end and on Ctrl-C / SIGTERM.
+LAST_CKPT_EVERY_S = 30.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TEXT_EVERY_UPDATES = 10  # how often the agent's step_text() goes to TensorBoard
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The loss, the weights or the policy's logits stopped being finite (e.g. a too large learning rate)."""
 
 
 def ppo_losses(
@@ -145,6 +148,7 @@ class EpisodeStats:
             "rollout/ep_rew_mean": float(returns.mean()),
             "rollout/ep_len_mean": float(np.mean(self.recent_lengths)),
             "rollout/success_rate": float(np.mean(self.recent_successes)),
+            "rollout/episodes_in_mean": float(len(returns)),  # < 100 early on: the means are noisier
         }
 
     def state_dict(self) -> dict:
@@ -190,6 +194,7 @@ class PPOTrainer:
         self.timers = {"env": 0.0, "act": 0.0, "update": 0.0}
         self.last_losses: dict[str, float] = {}
         self.stop_requested = False
+        self.stop_signal: int | None = None  # the first signal that asked to stop
         self._last_ckpt_time = time.monotonic()
         self.last_ckpt_every_s = LAST_CKPT_EVERY_S  # a sweep sets 0: a stopped trial loses no update
 
@@ -212,12 +217,19 @@ class PPOTrainer:
     def collect_rollout(self) -> None:
         agent, rollout, gamma = self.agent, self.rollout, self.cfg["gamma"]
         rollout.state = agent.rollout_state()
+        # what an interrupted rollout must give back: its steps are not trained on, so not counted
+        self._rollout_start = (self.step, self.stats.state_dict(), self.normalizer.state_dict())
         for t in range(rollout.steps):
             tick = time.perf_counter()
             obs = self._to_tensor(self.obs)
             starts = self._to_tensor(self.episode_start)
             with torch.no_grad():
-                out = agent.act(obs, starts)
+                try:
+                    out = agent.act(obs, starts)
+                except ValueError as err:  # torch.distributions refuses NaN logits
+                    if "constraint" not in str(err):
+                        raise
+                    raise NonFiniteLossError(f"non-finite policy logits at step {self.step}") from None
             actions = out.actions.cpu().numpy()
             self.timers["act"] += time.perf_counter() - tick
 
@@ -244,12 +256,19 @@ class PPOTrainer:
             self.obs, self.episode_start = next_obs, dones
             self.step += self.n_envs
             if self.stop_requested:
-                return
+                return self._discard_partial_rollout()
         with torch.no_grad():
             last_values = agent.peek_values(self._to_tensor(self.obs), self._to_tensor(self.episode_start))
         rollout.advantages, rollout.returns = compute_gae(
             rollout.rewards, rollout.values, rollout.dones, last_values, gamma, self.cfg["gae_lambda"]
         )
+
+    def _discard_partial_rollout(self) -> None:
+        """Forget an interrupted rollout: a resumed run then redoes it from a fresh env reset."""
+        self.step, stats, normalizer = self._rollout_start
+        self.stats = EpisodeStats(self.n_envs)
+        self.stats.load_state_dict(stats)
+        self.normalizer.load_state_dict(normalizer)
 
     # -- update ------------------------------------------------------------------------------
     def update(self) -> dict[str, float]:
@@ -281,6 +300,8 @@ class PPOTrainer:
                     sums.setdefault(name, []).append(value.item())
                 sums.setdefault("loss", []).append(loss.item())
         agent.eval()
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            raise NonFiniteLossError(f"non-finite weights after the update at step {self.step}")
         self.n_updates += 1
         logs = {f"train/{k}": float(np.mean(v)) for k, v in sums.items()}
         logs["train/entropy"] = -logs.pop("train/entropy_loss")
@@ -301,21 +322,22 @@ class PPOTrainer:
         self.agent.eval()
 
     def train(self, on_update: Callable[[dict[str, float], int], None] | None = None) -> str:
-        """Train until ``n_steps``; returns 'done' or 'interrupted' (Ctrl-C, checkpoint saved).
+        """Train until ``n_steps``; returns 'done' or 'interrupted' (Ctrl-C / SIGTERM, checkpoint saved).
 
         ``on_update(logs, step)`` is called after every update (e.g. a sweep's metric report).
         """
         self.begin()
-        # Ctrl-C finishes the current rollout and saves; only the main thread may set handlers
-        # (a Ray Tune trial runs its function in another thread and is stopped by Tune instead).
+        # Ctrl-C and SIGTERM stop at once (the partial rollout is dropped) and save. The handlers stay
+        # until the final save is written, so a second Ctrl-C cannot cut it short. Only the main
+        # thread may set handlers (a Ray Tune trial runs in another thread and is stopped by Tune).
         in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main else None
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS} if in_main else {}
         bar = self._progress_bar()
         start_time, start_step = time.perf_counter(), self.step
         status = "done"
         try:
             while self.step < self.cfg["n_steps"]:
-                before = self.step
+                before, cycle_start = self.step, time.monotonic()
                 self.collect_rollout()
                 if self.stop_requested:
                     status = "interrupted"
@@ -330,25 +352,37 @@ class PPOTrainer:
                 logs.update({f"time/{k}_s": v for k, v in self.timers.items()})
                 self.last_losses = logs
                 self._log(logs)
-                self._maybe_checkpoint(logs)
+                self._maybe_checkpoint(logs, time.monotonic() - cycle_start)
                 if on_update is not None:
                     on_update(logs, self.step)
                 if bar is not None:
                     bar.update(self.step - before)
-                    bar.set_postfix(ret=f"{logs.get('rollout/ep_rew_mean', float('nan')):.3f}", refresh=False)
-        finally:
-            if in_main:
-                signal.signal(signal.SIGINT, previous)
+                    bar.set_postfix_str(self.return_text(logs), refresh=False)
             if bar is not None:
                 bar.close()
-        if self.cfg["save_ckpt"] and self.run_dir is not None:
-            self.save("ckpt_last.pt")
-        if self.writer is not None:
-            self.writer.flush()
+            if self.cfg["save_ckpt"] and self.run_dir is not None:
+                self.save("ckpt_last.pt")
+            if self.writer is not None:
+                self.writer.flush()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if bar is not None:
+                bar.close()
         return status
+
+    @staticmethod
+    def return_text(logs: dict[str, float]) -> str:
+        """The progress bar's return: says how many episodes the mean is over until the window is full."""
+        if "rollout/ep_rew_mean" not in logs:
+            return "no episode finished yet"
+        text = f"ret={logs['rollout/ep_rew_mean']:.3f}"
+        count = int(logs["rollout/episodes_in_mean"])
+        return text if count >= 100 else f"{text} ({count} ep)"
 
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
+        self.stop_signal = self.stop_signal or signum
 
     def _progress_bar(self):
         if not self.progress:
@@ -366,14 +400,22 @@ class PPOTrainer:
             for name, text in self.agent.step_text().items():
                 self.writer.add_text(name, text, self.step)
 
-    def _maybe_checkpoint(self, logs: dict[str, float]) -> None:
+    def _maybe_checkpoint(self, logs: dict[str, float], cycle_s: float) -> None:
+        """ckpt_best.pt from a mean over a full window only; ckpt_last.pt before 30 s of work is at risk.
+
+        A mean over the first few episodes is inflated where only successes end early (KeyCorridor,
+        Memory, Procgen maze), and would stay "best" for ever. ckpt_last.pt is written when the next
+        chance (one rollout + update later, `cycle_s`) would leave more than `last_ckpt_every_s`
+        unsaved, so a hard kill loses at most that or one update, whichever is more.
+        """
         if not self.cfg["save_ckpt"] or self.run_dir is None:
             return
         mean_return = logs.get("rollout/ep_rew_mean")
-        if mean_return is not None and mean_return > self.best_mean_return:
+        full = logs.get("rollout/episodes_in_mean", 0) >= self.cfg["best_min_episodes"]
+        if full and mean_return > self.best_mean_return:
             self.best_mean_return = mean_return
             self.save("ckpt_best.pt")
-        if time.monotonic() - self._last_ckpt_time >= self.last_ckpt_every_s:
+        if time.monotonic() - self._last_ckpt_time + cycle_s >= self.last_ckpt_every_s:
             self.save("ckpt_last.pt")
 
     # -- checkpoints -------------------------------------------------------------------------

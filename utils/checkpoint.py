@@ -13,25 +13,47 @@ import torch
 
 from utils.errors import UserError
 
-FORMAT = 1
+# 2: the config may lack keys added since (they take their defaults); best over a full window.
+FORMAT = 2
 REQUIRED = ("format", "config", "agent", "optimizer", "step")
+TMP_GLOB = ".ckpt_*.pt.*.tmp"  # what save_checkpoint writes before its rename
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file.
+
+    A full disk or a read-only folder becomes a one-line `UserError` naming the path; the previous
+    checkpoint of that name is left as it was.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save({"format": FORMAT, **payload}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}; the previous one is kept") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that a hard kill (SIGKILL, power loss) cut short."""
+    stale = sorted(Path(run_dir).glob(TMP_GLOB))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def resolve_checkpoint_path(path: str | Path, prefer: str = "ckpt_last.pt") -> Path:
-    """A run directory or a checkpoint file -> the checkpoint file."""
+    """A run directory or a checkpoint file -> the checkpoint file (`prefer`, else the other one)."""
     path = Path(path)
     if path.is_dir():
         for name in (prefer, "ckpt_last.pt", "ckpt_best.pt"):
@@ -44,6 +66,7 @@ def resolve_checkpoint_path(path: str | Path, prefer: str = "ckpt_last.pt") -> P
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint of any format this version knows, upgraded to the current one."""
     path = Path(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
@@ -51,9 +74,35 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__})") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED):
         raise UserError(f"checkpoint {path} is not a checkpoint of this project")
-    if payload["format"] != FORMAT:
-        raise UserError(f"checkpoint {path} has format {payload['format']}, this version reads {FORMAT}")
+    if not isinstance(payload["format"], int) or not 1 <= payload["format"] <= FORMAT:
+        raise UserError(f"checkpoint {path} has format {payload['format']!r}; this version reads 1 to {FORMAT}")
+    if not isinstance(payload["config"], dict):
+        raise UserError(f"checkpoint {path} holds no config")
+    payload["config"] = upgrade_config(payload["config"], str(path))
+    if payload["format"] == 1:  # its best could come from 2 episodes; choose again over full windows
+        payload["best_mean_return"] = -float("inf")
+    payload["format"] = FORMAT
     return payload
+
+
+def upgrade_config(saved: dict[str, Any], where: str) -> dict[str, Any]:
+    """A saved config checked against today's schema; keys added since take their defaults.
+
+    Configs gain keys over time, so an older run resumes and evaluates with the behaviour it had
+    (each new key's default is the old behaviour). A value that is no longer valid, or a key that no
+    longer exists, is a one-line error naming the checkpoint.
+    """
+    from utils import config as config_lib
+
+    unknown = sorted(set(saved) - set(config_lib.SCHEMA))
+    if unknown:
+        raise UserError(f"checkpoint {where}: its config has keys this version does not know: {', '.join(unknown)}")
+    cfg = config_lib.defaults()
+    try:
+        cfg.update({name: config_lib.coerce(name, value) for name, value in saved.items()})
+    except UserError as err:
+        raise UserError(f"checkpoint {where}: {err}") from None
+    return cfg
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +34,10 @@ SCHEMA: dict[str, Key] = {
     "model": Key("HELM", str, help="agent: CNN-PPO, Impala-PPO, HELM, ..."),
     "seed": Key(None, int, optional=True, help="null draws a seed and records it"),
     "device": Key("auto", str, choices=("auto", "cpu", "cuda"), help="auto: cuda if available"),
-    "torch_threads": Key(None, int, optional=True, help="CPU threads for torch (null: torch's default)"),
-    "save_ckpt": Key(1, int, help="1 writes ckpt_best.pt and ckpt_last.pt"),
+    "torch_threads": Key(None, int, optional=True,
+                         help="CPU threads for torch; null: the cores that are idle now (at least 1)"),
+    "save_ckpt": Key(True, bool, help="write ckpt_best.pt and ckpt_last.pt (true/false; 1/0 accepted)"),
+    "best_min_episodes": Key(100, int, help="ckpt_best.pt only from a mean over at least this many episodes (<= 100)"),
     "source": Key("", str, help="where the numbers of this config come from (documentation only)"),
     # environment
     "n_envs": Key(16, int),
@@ -119,7 +123,7 @@ def coerce(name: str, value: Any) -> Any:
             raise bad
         out = value
     elif key.type is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad
         out = float(value)
     else:
@@ -182,26 +186,103 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve(config_file: str | Path, overrides: list[str]) -> dict[str, Any]:
-    """Defaults < config file < ``--var`` overrides."""
+def resolve(config_file: str | Path, overrides: list[str], warn: bool = True) -> dict[str, Any]:
+    """Defaults < config file < ``--var`` overrides; with `warn`, settings the model ignores are reported."""
     cfg = defaults()
-    cfg.update(load_file(config_file))
-    cfg.update(parse_overrides(overrides))
+    from_file = load_file(config_file)
+    from_cli = parse_overrides(overrides)
+    cfg.update(from_file)
+    cfg.update(from_cli)
     validate(cfg)
+    if warn:
+        warn_unused(cfg, set(from_file) | set(from_cli))
     return cfg
 
 
+# Keys that only some agents read: setting one for another agent is reported, never silently ignored.
+LM_KEYS = ("lm", "lm_mode", "lm_layers", "mem_len", "mem_reset")
+CLIP_KEYS = ("clip_model", "clip_cache_size")
+MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "CNN-PPO": (),
+    "Impala-PPO": (),
+    "HELM": LM_KEYS + ("beta",),
+    "HELMv2": LM_KEYS + CLIP_KEYS,
+    "SHELM": LM_KEYS + CLIP_KEYS + ("topk", "templates", "semantic_db"),
+}
+AGENT_KEYS = frozenset(k for keys in MODEL_KEYS.values() for k in keys)
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeds are 32-bit; gymnasium and torch accept more
+
+# (key, low, high, low inclusive, high inclusive); None: unbounded on that side
+RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
+    ("seed", 0, SEED_MAX, True, True),
+    ("torch_threads", 1, 1024, True, True),
+    ("best_min_episodes", 1, 100, True, True),
+    ("n_envs", 1, 4096, True, True),
+    ("n_steps", 1, None, True, True),
+    ("n_rollout_steps", 1, 100_000, True, True),
+    ("n_epochs", 1, 1000, True, True),
+    ("n_batches", 1, None, True, True),
+    ("learning_rate", 0, 1, False, True),
+    ("min_lr", 0, 1, True, True),
+    ("ent_coef", 0, None, True, True),
+    ("min_ent_coef", 0, None, True, True),
+    ("clip_range", 0, None, False, True),
+    ("min_clip_range", 0, None, True, True),
+    ("clip_range_vf", 0, None, False, True),
+    ("gamma", 0, 1, False, True),
+    ("gae_lambda", 0, 1, True, True),
+    ("vf_coef", 0, None, True, True),
+    ("max_grad_norm", 0, None, False, True),
+    ("epsilon", 0, 1, False, False),
+    ("clip_reward", 0, None, False, True),
+    ("lm_layers", 1, None, True, True),
+    ("mem_len", 1, 1_000_000, True, True),
+    ("beta", 0, None, False, True),
+    ("clip_cache_size", 0, None, True, True),
+    ("topk", 1, 10_000, True, True),
+)
+DECAY_FLOORS = (("learning_rate", "lr_decay", "min_lr"), ("ent_coef", "ent_decay", "min_ent_coef"),
+                ("clip_range", "clip_decay", "min_clip_range"))
+
+
+def _interval(low, high, low_in: bool, high_in: bool) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    if low is None:
+        return f"{'<=' if high_in else '<'} {high}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
 def validate(cfg: dict[str, Any]) -> None:
-    """Cross-key checks that a single key's type cannot express."""
-    for name in ("n_envs", "n_steps", "n_rollout_steps", "n_epochs", "n_batches", "mem_len", "topk"):
-        if cfg[name] < 1:
-            raise UserError(f"config key '{name}' must be >= 1, got {cfg[name]}")
-    if cfg["clip_cache_size"] < 0:
-        raise UserError(f"config key 'clip_cache_size' must be >= 0, got {cfg['clip_cache_size']}")
-    if cfg["n_envs"] * cfg["n_rollout_steps"] < cfg["n_batches"]:
-        raise UserError("n_envs * n_rollout_steps must be at least n_batches")
-    for name in ("learning_rate", "clip_range", "gamma"):
-        if cfg[name] <= 0:
-            raise UserError(f"config key '{name}' must be > 0, got {cfg[name]}")
-    if not 0 <= cfg["gae_lambda"] <= 1 or not 0 < cfg["gamma"] <= 1:
-        raise UserError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+    """Every key's range, and the checks across keys that a single key's type cannot express."""
+    for name, low, high, low_in, high_in in RANGES:
+        value = cfg.get(name)
+        if value is None:
+            continue
+        too_low = low is not None and (value < low if low_in else value <= low)
+        too_high = high is not None and (value > high if high_in else value >= high)
+        if too_low or too_high or value != value:  # value != value: NaN
+            raise UserError(f"config key '{name}' must be {_interval(low, high, low_in, high_in)}, got {value}")
+    for start, decay, floor in DECAY_FLOORS:
+        if cfg[decay] != "none" and cfg[floor] > cfg[start]:
+            raise UserError(f"config key '{floor}' ({cfg[floor]}) must not exceed '{start}' ({cfg[start]}) "
+                            f"with {decay}={cfg[decay]}")
+    batch = cfg["n_envs"] * cfg["n_rollout_steps"]
+    if batch % cfg["n_batches"]:
+        raise UserError(f"n_envs * n_rollout_steps ({batch}) must be divisible by n_batches ({cfg['n_batches']})")
+
+
+def unused_settings(cfg: dict[str, Any], explicit: set[str] | dict[str, Any]) -> list[str]:
+    """Keys the user set (in `explicit`) to a non-default value that `cfg["model"]` does not read."""
+    used = set(MODEL_KEYS.get(cfg["model"], AGENT_KEYS))
+    return sorted(name for name in explicit
+                  if name in AGENT_KEYS and name not in used and cfg[name] != SCHEMA[name].default)
+
+
+def warn_unused(cfg: dict[str, Any], explicit: set[str] | dict[str, Any], where: str = "") -> None:
+    """One line on stderr naming the settings that the chosen model ignores."""
+    unused = unused_settings(cfg, explicit)
+    if unused:
+        settings = ", ".join(f"{name}={cfg[name]!r}" for name in unused)
+        print(f"warning: {cfg['model']} does not use {settings}{where}; ignored", file=sys.stderr)
