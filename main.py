@@ -7,7 +7,6 @@ events and checkpoints. ``--resume RUN_DIR`` continues a run from its ``ckpt_las
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from utils.cli import OneLineArgumentParser  # noqa: E402  (standard library only)
+from utils.cli import OneLineArgumentParser, python_command  # noqa: E402  (standard library only)
 
 # what --resume may change: how long to train and where; everything else would be another run
 RESUME_OVERRIDES = ("n_steps", "device", "torch_threads")
@@ -32,18 +31,6 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--experiments-dir", help="where run directories go (default: experiments)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
-
-
-def python_command() -> str:
-    """How the user should call this interpreter: `python` inside an active venv, else its path."""
-    venv = os.environ.get("VIRTUAL_ENV")
-    if venv and Path(venv).resolve() == Path(sys.prefix).resolve():
-        return "python"
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(Path.cwd()))
-    except ValueError:
-        return str(exe)
 
 
 def resume_setup(args) -> tuple[dict, dict, Path]:

@@ -149,9 +149,11 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray import tune
 
     from trainers.run import train
-    from utils.checkpoint import load_checkpoint
+    from utils.checkpoint import load_checkpoint, remove_stale_temporaries
 
     cfg, run_dir = config["trial"]["cfg"], Path(config["trial"]["run_dir"])
+    if run_dir.is_dir():
+        remove_stale_temporaries(run_dir)
     status, step = trial_status(str(run_dir), cfg["n_steps"])
     if status == "finished":
         tune.report({"step": step, "done_before": 1})
@@ -240,6 +242,10 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
             raise UserError("--resume continues the sweep as it was started; it takes no --config/--var/--grid/--seeds")
         state = load_state(experiments / "sweeps" / args.name)
         name, trials = state["name"], state["trials"]
+        from utils.checkpoint import upgrade_config
+
+        for trial in trials:  # a sweep started by an older version: keys added since take their defaults
+            trial["cfg"] = upgrade_config(trial["cfg"], f"sweep {name}, trial {trial['run_dir']}")
     else:
         name, trials = build_trials(args)
         state_dir = experiments / "sweeps" / name
@@ -300,6 +306,8 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from utils.cli import python_command
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     try:
@@ -312,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in outcome["failed"]:
         print(f"failed: {line}", file=sys.stderr)
     if outcome["stopped"]:
-        print(f"continue with: python sweep.py --name {name} --resume --experiments-dir {args.experiments_dir}", file=sys.stderr)
+        print(f"continue with: {python_command()} sweep.py --name {name} --resume --experiments-dir {args.experiments_dir}", file=sys.stderr)
         return 130
     return 1 if outcome["failed"] else 0
 

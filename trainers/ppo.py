@@ -7,6 +7,7 @@ update. Recurrent agents get whole per-env sequences as minibatch units.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -26,9 +27,6 @@ from trainers.normalize import RewardNormalizer
 from trainers.schedules import decayed
 from utils.checkpoint import rng_state, save_checkpoint, set_rng_state
 
-# ckpt_last.pt is refreshed so that a hard kill (SIGKILL, power loss) loses at most 30 s or one
-# update, whichever is more; it is also written at the end and on Ctrl-C / SIGTERM.
-LAST_CKPT_EVERY_S = 30.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 TEXT_EVERY_UPDATES = 10  # how often the agent's step_text() goes to TensorBoard
 
@@ -196,7 +194,9 @@ class PPOTrainer:
         self.stop_requested = False
         self.stop_signal: int | None = None  # the first signal that asked to stop
         self._last_ckpt_time = time.monotonic()
-        self.last_ckpt_every_s = LAST_CKPT_EVERY_S  # a sweep sets 0: a stopped trial loses no update
+        # ckpt_last.pt is refreshed so that a hard kill (SIGKILL, power loss) loses at most this many
+        # seconds or one update, whichever is more; also written at the end and on Ctrl-C / SIGTERM
+        self.last_ckpt_every_s: float = cfg["ckpt_last_every_s"]
 
     # -- schedules ---------------------------------------------------------------------------
     def progress_fraction(self) -> float:
@@ -223,13 +223,8 @@ class PPOTrainer:
             tick = time.perf_counter()
             obs = self._to_tensor(self.obs)
             starts = self._to_tensor(self.episode_start)
-            with torch.no_grad():
-                try:
-                    out = agent.act(obs, starts)
-                except ValueError as err:  # torch.distributions refuses NaN logits
-                    if "constraint" not in str(err):
-                        raise
-                    raise NonFiniteLossError(f"non-finite policy logits at step {self.step}") from None
+            with torch.no_grad(), self._non_finite_guard("policy logits"):
+                out = agent.act(obs, starts)
             actions = out.actions.cpu().numpy()
             self.timers["act"] += time.perf_counter() - tick
 
@@ -263,6 +258,16 @@ class PPOTrainer:
             rollout.rewards, rollout.values, rollout.dones, last_values, gamma, self.cfg["gae_lambda"]
         )
 
+    @contextlib.contextmanager
+    def _non_finite_guard(self, what: str):
+        """torch.distributions refuses NaN logits with a long ValueError: make it our one-line error."""
+        try:
+            yield
+        except ValueError as err:
+            if "invalid values" not in str(err):
+                raise
+            raise NonFiniteLossError(f"non-finite {what} at step {self.step}") from None
+
     def _discard_partial_rollout(self) -> None:
         """Forget an interrupted rollout: a resumed run then redoes it from a fresh env reset."""
         self.step, stats, normalizer = self._rollout_start
@@ -280,7 +285,8 @@ class PPOTrainer:
         agent.train()
         for _ in range(cfg["n_epochs"]):
             for batch in self.rollout.minibatches(cfg["n_batches"], agent.recurrent, self.generator):
-                log_probs, entropy, values = agent.evaluate(batch)
+                with self._non_finite_guard("weights during the update"):
+                    log_probs, entropy, values = agent.evaluate(batch)
                 flat = {k: batch[k].reshape(-1) for k in ("log_probs", "values", "returns", "advantages")}
                 advantages = flat["advantages"]
                 if cfg["adv_norm"] and advantages.numel() > 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import tempfile
@@ -31,8 +32,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     except OSError as err:
         raise UserError(f"cannot write checkpoint {path}: {err.strerror or err}") from None
     try:
+        # serialise in memory first: torch.save reports a failed file write as an opaque RuntimeError
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, **payload}, buffer)
         with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **payload}, handle)
+            handle.write(buffer.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -37,6 +37,8 @@ SCHEMA: dict[str, Key] = {
     "torch_threads": Key(None, int, optional=True,
                          help="CPU threads for torch; null: the cores that are idle now (at least 1)"),
     "save_ckpt": Key(True, bool, help="write ckpt_best.pt and ckpt_last.pt (true/false; 1/0 accepted)"),
+    "ckpt_last_every_s": Key(30.0, float, help="refresh ckpt_last.pt when this much work would be unsaved "
+                                                "(a hard kill loses at most this or one update)"),
     "best_min_episodes": Key(100, int, help="ckpt_best.pt only from a mean over at least this many episodes (<= 100)"),
     "source": Key("", str, help="where the numbers of this config come from (documentation only)"),
     # environment
@@ -218,6 +220,7 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("seed", 0, SEED_MAX, True, True),
     ("torch_threads", 1, 1024, True, True),
     ("best_min_episodes", 1, 100, True, True),
+    ("ckpt_last_every_s", 0, 86_400, True, True),
     ("n_envs", 1, 4096, True, True),
     ("n_steps", 1, None, True, True),
     ("n_rollout_steps", 1, 100_000, True, True),
