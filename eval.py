@@ -7,6 +7,9 @@ and whatever per-step trace the agent offers) under ``RUN_DIR/eval/<time>/``.
 Agents with an LM memory (HELM, HELMv2, SHELM) describe each step by the words (tokens) they fed
 to their memory: ``trace.json`` / ``trace.csv`` hold one row per env step (episode, step, action,
 reward, words), and ``--video`` captions every frame with that step's words.
+
+Bad arguments and checkpoints are one-line errors (exit code 2) found before any long work, and
+the results appear only once all of them are written: a failed or interrupted run leaves nothing.
 """
 
 from __future__ import annotations
@@ -16,32 +19,47 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from utils.cli import OneLineArgumentParser, non_negative_int, positive_int  # noqa: E402  (standard library only)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The arguments, every count checked: a usage mistake is one line on stderr and exit code 2."""
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--ckpt-path", required=True, help="run directory (uses ckpt_best.pt) or checkpoint file")
-    parser.add_argument("--n-episodes", type=int, default=10)
-    parser.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: min(n_episodes, 8))")
-    parser.add_argument("--deterministic", action="store_true", help="take the most likely action")
-    parser.add_argument("--random", action="store_true", help="uniformly random actions (a chance baseline)")
+    parser.add_argument("--n-episodes", type=positive_int, default=10)
+    parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: min(n_episodes, 8))")
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument("--deterministic", action="store_true", help="take the most likely action")
+    actions.add_argument("--random", action="store_true", help="uniformly random actions (a chance baseline)")
     parser.add_argument("--video", action="store_true", help="write a GIF of the first episodes")
-    parser.add_argument("--video-episodes", type=int, default=3)
+    parser.add_argument("--video-episodes", type=positive_int, default=None,
+                        help="episodes in the GIF (with --video; default: 3, at most --n-episodes)")
     parser.add_argument("--trace-format", default="json", choices=("json", "csv"),
                         help="file format of the per-step trace (trace.json or trace.csv)")
-    parser.add_argument("--seed", type=int, default=12345, help="env seed (different from training's)")
+    parser.add_argument("--seed", type=non_negative_int, default=12345, help="env seed (different from training's)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--out", help="output directory (default: RUN_DIR/eval/<time>)")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", help="output directory, new or empty (default: RUN_DIR/eval/<time>)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.video_episodes is None:
+        args.video_episodes = min(3, args.n_episodes)
+    elif not args.video:
+        parser.error("--video-episodes needs --video")
+    elif args.video_episodes > args.n_episodes:
+        parser.error(f"--video-episodes {args.video_episodes} exceeds --n-episodes {args.n_episodes}")
+    return args
 
 
-def run_episodes(agent, envs, n_episodes: int, deterministic: bool, random_actions: bool, device, seed: int):
-    """Each env runs its share of the episodes, so short episodes are not over-represented."""
+def run_episodes(agent, envs, n_episodes: int, deterministic: bool, random_actions: bool, device, seed: int) -> Iterator[dict]:
+    """Yield each episode as it ends; each env runs its share, so short episodes are not over-represented."""
     import torch
 
     n_envs = envs.num_envs
@@ -52,7 +70,6 @@ def run_episodes(agent, envs, n_episodes: int, deterministic: bool, random_actio
     agent.reset_memory(n_envs)
     agent.eval()
     current = [{"obs": [], "actions": [], "rewards": [], "trace": []} for _ in range(n_envs)]
-    episodes = []
     rng = np.random.default_rng(seed)
     while (counts < targets).any():
         with torch.no_grad():
@@ -71,11 +88,10 @@ def run_episodes(agent, envs, n_episodes: int, deterministic: bool, random_actio
             ep["rewards"].append(float(rewards[i]))
             ep["trace"].append(traces[i])
             if terminated[i] or truncated[i]:
-                episodes.append(ep)
+                yield ep
                 counts[i] += 1
                 current[i] = {"obs": [], "actions": [], "rewards": [], "trace": []}
         obs, starts = next_obs, terminated | truncated
-    return episodes
 
 
 def trace_rows(episodes: list[dict]) -> list[dict]:
@@ -150,35 +166,74 @@ def save_video(episodes: list[dict], path: Path, scale: int = 4, caption_lines: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from envs import make_env, success
-    from trainers.run import pick_device
-    from models import build_agent
-    from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
+    """Exit code: 0 done, 2 a bad argument or checkpoint (one line on stderr), 130 interrupted."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return int(done.code or 0)
     from utils.errors import UserError
 
     try:
-        if args.n_episodes < 1:
-            raise UserError("--n-episodes must be at least 1")
-        ckpt_file = resolve_checkpoint_path(args.ckpt_path, prefer="ckpt_best.pt")
-        checkpoint = load_checkpoint(ckpt_file)
-        cfg = checkpoint["config"]
-        device = pick_device(args.device)
-        n_envs = args.n_envs or min(args.n_episodes, 8)
-        envs = make_env(cfg["env"], n_envs, "sync")
+        return evaluate(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing saved", file=sys.stderr)
+        return 130
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from envs import make_env, success
+    from models import build_agent
+    from trainers.run import pick_device
+    from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from utils.errors import UserError
+    from utils.outputs import staged_directory
+
+    if args.out:  # before anything slow
+        check_new_output_dir(Path(args.out))
+    ckpt_file = resolve_checkpoint_path(args.ckpt_path, prefer="ckpt_best.pt")
+    out_dir = Path(args.out) if args.out else ckpt_file.parent / "eval" / time.strftime("%Y%m%d-%H%M%S")
+    if not args.out:
+        check_new_output_dir(out_dir)
+    checkpoint = load_checkpoint(ckpt_file)
+    cfg = CheckpointConfig(checkpoint["config"], ckpt_file)
+    device = pick_device(args.device)
+    n_envs = args.n_envs or min(args.n_episodes, 8)
+    envs = make_env(cfg["env"], n_envs, "sync")
+    try:
         agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
         try:
             agent.load_checkpoint_state(checkpoint["agent"])
         except (ValueError, RuntimeError) as err:
             raise UserError(f"checkpoint {ckpt_file} does not match its agent: {str(err).splitlines()[0]}") from None
-        agent.to(device)
-        episodes = run_episodes(agent, envs, args.n_episodes, args.deterministic, args.random, device, args.seed)
+    except BaseException:
         envs.close()
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise
+    agent.to(device)
 
+    policy = "random actions" if args.random else "deterministic policy" if args.deterministic else "sampled actions"
+    episodes: list[dict] = []
+    bar = tqdm(total=args.n_episodes, desc=f"eval ({policy})", unit="episode", file=sys.stderr,
+               disable=args.no_progress, leave=False, dynamic_ncols=True)
+    interrupted = False
+    try:
+        for episode in run_episodes(agent, envs, args.n_episodes, args.deterministic, args.random, device, args.seed):
+            episodes.append(episode)
+            bar.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        envs.close()
+
+    header = f"{cfg['model']} on {cfg['env']} ({policy}"
+    if not episodes:
+        print(f"{header}): interrupted before any episode finished; nothing to report, nothing saved", file=sys.stderr)
+        return 130
     returns = np.array([sum(ep["rewards"]) for ep in episodes])
     lengths = np.array([len(ep["rewards"]) for ep in episodes])
     summary = {
@@ -187,18 +242,47 @@ def main(argv: list[str] | None = None) -> int:
         "success_rate": float(np.mean([success(ep["rewards"][-1]) for ep in episodes])),
         "length_mean": float(lengths.mean()), "deterministic": args.deterministic, "random": args.random,
     }
-    out_dir = Path(args.out) if args.out else ckpt_file.parent / "eval" / time.strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    save_episodes(episodes, out_dir, args.trace_format)
-    if args.video:
-        save_video(episodes[: args.video_episodes], out_dir / "episodes.gif")
+    done = f"{len(episodes)} episodes" if not interrupted else f"interrupted after {len(episodes)} of {args.n_episodes} episodes"
     print(
-        f"{cfg['model']} on {cfg['env']} ({len(episodes)} episodes): return {summary['return_mean']:.3f} "
-        f"+- {summary['return_std']:.3f}, success {summary['success_rate']:.2%}, length {summary['length_mean']:.1f}"
+        f"{header}, {done}): return {summary['return_mean']:.3f} +- {summary['return_std']:.3f}, "
+        f"success {summary['success_rate']:.2%}, length {summary['length_mean']:.1f}"
     )
+    if interrupted:
+        print("interrupted: nothing saved", file=sys.stderr)
+        return 130
+    try:
+        with staged_directory(out_dir) as stage:
+            (stage / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            save_episodes(episodes, stage, args.trace_format)
+            if args.video:
+                save_video(episodes[: args.video_episodes], stage / "episodes.gif")
+    except OSError as err:
+        raise UserError(f"cannot write the results to {out_dir}: {err.strerror or err}; nothing saved") from None
     print(f"saved to {out_dir}")
     return 0
+
+
+class CheckpointConfig(dict):
+    """A checkpoint's config whose missing keys are a one-line error naming the checkpoint, not a KeyError."""
+
+    def __init__(self, cfg: dict, where: Path) -> None:
+        super().__init__(cfg)
+        self.where = where
+
+    def __missing__(self, key):
+        from utils.errors import UserError
+
+        raise UserError(f"checkpoint {self.where}: config lacks key {key!r}")
+
+
+def check_new_output_dir(out_dir: Path) -> None:
+    """--out must become a directory of its own: new or empty, so old results never mix with new ones."""
+    from utils.errors import UserError
+    from utils.outputs import check_output
+
+    check_output(out_dir, "--out", "directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir} already holds files; choose a new or empty directory")
 
 
 if __name__ == "__main__":
