@@ -201,6 +201,10 @@ def evaluate(args: argparse.Namespace) -> int:
         check_new_output_dir(out_dir)
     checkpoint = load_checkpoint(ckpt_file)
     cfg = CheckpointConfig(checkpoint["config"], ckpt_file)
+    which = "the best policy" if ckpt_file.name == "ckpt_best.pt" else "the last state"
+    if ckpt_file.name == "ckpt_best.pt" and np.isfinite(checkpoint.get("best_mean_return", np.nan)):
+        which += f", mean training return {checkpoint['best_mean_return']:.3f}"
+    print(f"loading {ckpt_file} ({which}, step {checkpoint['step']})", file=sys.stderr)
     device = pick_device(args.device)
     n_envs = args.n_envs or min(args.n_episodes, 8)
     envs = make_env(cfg["env"], n_envs, "sync")

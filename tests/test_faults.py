@@ -311,3 +311,16 @@ def test_default_threads_follow_the_idle_cores(monkeypatch):
     assert run_lib.idle_cores() == 1  # busy: one thread
     monkeypatch.setattr(os, "getloadavg", lambda: (0.05, 0.1, 0.1))
     assert run_lib.idle_cores() == 2  # quiet: every core
+
+
+def test_eval_says_which_checkpoint_it_loads(experiments, tmp_path, capsys, one_thread):
+    import eval as evaluate
+
+    assert run_main(*CNN, "--run-id", "e", experiments=experiments) == 0
+    run = _run(experiments, "e")
+    capsys.readouterr()
+    assert evaluate.main(["--ckpt-path", str(run), "--n-episodes", "1", "--no-progress", "--out", str(tmp_path / "a")]) == 0
+    assert f"loading {run / 'ckpt_best.pt'} (the best policy, mean training return " in capsys.readouterr().err
+    (run / "ckpt_best.pt").unlink()  # no full window yet: the last state
+    assert evaluate.main(["--ckpt-path", str(run), "--n-episodes", "1", "--no-progress", "--out", str(tmp_path / "b")]) == 0
+    assert f"loading {run / 'ckpt_last.pt'} (the last state, step 64)" in capsys.readouterr().err
