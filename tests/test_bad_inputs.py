@@ -230,6 +230,7 @@ def test_resume_without_ckpt_last_does_not_fall_back_to_best(finished_run, tmp_p
     ("unknown key", "keys this version does not know: old_key"),
     ("bad value", "'n_envs': 'many' is not a valid int"),
     ("agent mismatch", "does not match its config"),
+    ("no env", "config lacks key 'env'"),
 ])
 def test_resume_from_a_damaged_run(damage, expected, finished_run, tmp_path, capsys):
     run = _copy(finished_run, tmp_path)
@@ -247,6 +248,8 @@ def test_resume_from_a_damaged_run(damage, expected, finished_run, tmp_path, cap
         torch.save({**payload, "config": {**payload["config"], "old_key": 1}}, last)
     elif damage == "bad value":
         torch.save({**payload, "config": {**payload["config"], "n_envs": "many"}}, last)
+    elif damage == "no env":
+        torch.save({**payload, "config": {k: v for k, v in payload["config"].items() if k != "env"}}, last)
     else:
         torch.save({**payload, "agent": {"nothing": torch.zeros(1)}}, last)
     before = snapshot(run)

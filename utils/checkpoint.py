@@ -17,6 +17,7 @@ from utils.errors import UserError
 # 2: the config may lack keys added since (they take their defaults); best over a full window.
 FORMAT = 2
 REQUIRED = ("format", "config", "agent", "optimizer", "step")
+IDENTITY_KEYS = ("env", "model", "seed")  # every checkpoint's config has had these
 TMP_GLOB = ".ckpt_*.pt.*.tmp"  # what save_checkpoint writes before its rename
 
 
@@ -98,6 +99,9 @@ def upgrade_config(saved: dict[str, Any], where: str) -> dict[str, Any]:
     """
     from utils import config as config_lib
 
+    for name in IDENTITY_KEYS:  # no default can stand in for what the run was
+        if name not in saved:
+            raise UserError(f"checkpoint {where}: config lacks key '{name}'")
     unknown = sorted(set(saved) - set(config_lib.SCHEMA))
     if unknown:
         raise UserError(f"checkpoint {where}: its config has keys this version does not know: {', '.join(unknown)}")
