@@ -14,14 +14,12 @@ last bits; a batch that is all misses (no duplicates) is bit-identical to the un
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
 
+from models.frame_cache import FrameCache
 from utils.hub import expect_clip, load_pretrained
 
 # CLIP's normalisation constants (the values used by OpenAI CLIP and every HF CLIP checkpoint).
@@ -64,9 +62,7 @@ class CLIPImageEncoder(torch.nn.Module):
         # Buffers so that .to(device) moves them along; not persistent (they are constants).
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
-        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self.cache = FrameCache(cache_size)
         self.forward_calls = 0  # CLIP vision forwards actually run
         self.images_encoded = 0  # images that actually went through CLIP
 
@@ -78,20 +74,28 @@ class CLIPImageEncoder(torch.nn.Module):
         self.clip.eval()
         return self
 
+    @property
+    def hits(self) -> int:
+        return self.cache.hits
+
+    @property
+    def misses(self) -> int:
+        return self.cache.misses
+
     def hit_rate(self) -> float:
         """Fraction of images served without their own CLIP forward since the last reset."""
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
+        return self.cache.hit_rate()
 
     def reset_stats(self) -> None:
         """Zero the hit/miss and forward counters (the cached features are kept)."""
-        self.hits = self.misses = self.forward_calls = self.images_encoded = 0
+        self.cache.reset_stats()
+        self.forward_calls = self.images_encoded = 0
 
     def clear_cache(self) -> None:
-        self._cache.clear()
+        self.cache.clear()
 
     def cache_len(self) -> int:
-        return len(self._cache)
+        return len(self.cache)
 
     # -- computation ---------------------------------------------------------------------------
 
@@ -126,15 +130,6 @@ class CLIPImageEncoder(torch.nn.Module):
         self.images_encoded += frames.shape[0]
         return emb.float()
 
-    @staticmethod
-    def _key(frame: np.ndarray) -> bytes:
-        # 128-bit digest of shape + raw bytes: collisions are astronomically unlikely, and keys stay
-        # 16 bytes instead of a full frame copy per entry.
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(np.asarray(frame.shape, dtype=np.int64).tobytes())
-        digest.update(frame.tobytes())
-        return digest.digest()
-
     def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         """[B,H,W,3] uint8 -> [B, embed_dim] float32 projected CLIP image embeddings.
 
@@ -158,44 +153,18 @@ class CLIPImageEncoder(torch.nn.Module):
         if self.cache_size == 0:
             with torch.inference_mode():
                 emb = self._encode(frames)
-            self.misses += batch
+            self.cache.misses += batch
             return emb.clone()  # clone outside inference mode -> ordinary tensor
 
         with torch.inference_mode():
             if frames_np is None:
                 frames_np = frames.detach().cpu().contiguous().numpy()
-            keys = [self._key(frames_np[i]) for i in range(batch)]
-
-            rows: list[torch.Tensor | None] = [None] * batch
-            miss_index: dict[bytes, int] = {}  # key -> position in the miss batch
-            miss_rows: list[int] = []  # batch positions that go through CLIP
-            for i, key in enumerate(keys):
-                cached = self._cache.get(key)
-                if cached is not None:
-                    self._cache.move_to_end(key)
-                    rows[i] = cached
-                    self.hits += 1
-                elif key in miss_index:
-                    self.hits += 1  # duplicate of a miss earlier in this batch: no extra forward
-                else:
-                    miss_index[key] = len(miss_rows)
-                    miss_rows.append(i)
-                    self.misses += 1
-
-            if miss_rows:
-                index = torch.as_tensor(miss_rows, dtype=torch.long)
-                new = self._encode(frames[index.to(frames.device)])
-                for key, j in miss_index.items():
-                    # clone: a view would pin the whole batch's storage for as long as one row lives
-                    self._cache[key] = new[j].clone()
-                for i, key in enumerate(keys):
-                    if rows[i] is None:
-                        rows[i] = new[miss_index[key]]
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
-
-        # Outside inference mode: stack/clone produce an ordinary tensor usable by autograd.
-        return torch.stack([r.to(device) for r in rows])  # type: ignore[union-attr]
+            index_device = frames.device
+            rows = self.cache.lookup(
+                frames_np, lambda misses: self._encode(frames[torch.as_tensor(misses, device=index_device)])
+            )
+        # Outside inference mode: stack produces an ordinary tensor usable by autograd.
+        return torch.stack([r.to(device) for r in rows])
 
 
 def encode_texts(

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from models.base import ActOutput, Agent, distribution, sample
+from models.frame_cache import FrameCache
 from models.frozen_hopfield import FrozenHopfield
 from models.memory import build_memory
 from models.networks import ActorCritic, SmallImpalaCNN
@@ -184,9 +185,22 @@ class HELM(LMMemoryAgent):
         self.hopfield_layout = hopfield_layout(cfg["env"])
         input_dim = hopfield_input_dim(obs_shape, self.hopfield_layout)
         self.hopfield = FrozenHopfield(input_dim, self.memory.token_embeddings(), cfg["beta"], seed=cfg["seed"])
+        # The FrozenHopfield is fixed, so each distinct frame is mapped once (MiniGrid repeats frames a lot)
+        self.hopfield_cache = FrameCache(cfg.get("hopfield_cache_size", 0))
 
     def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.hopfield(hopfield_input(obs, self.hopfield_layout)).unsqueeze(1)
+        def retrieve(frames: torch.Tensor) -> torch.Tensor:
+            return self.hopfield(hopfield_input(frames, self.hopfield_layout))
+
+        if not self.hopfield_cache.capacity:
+            return retrieve(obs).unsqueeze(1)
+        rows = self.hopfield_cache.lookup(
+            obs.detach().cpu().numpy(), lambda misses: retrieve(obs[torch.as_tensor(misses, device=obs.device)])
+        )
+        return torch.stack(rows).unsqueeze(1)
+
+    def step_log(self) -> dict[str, float]:
+        return self.hopfield_cache.interval_log("hopfield") if self.hopfield_cache.capacity else {}
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
         saved = state.get("hopfield.projection")

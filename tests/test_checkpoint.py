@@ -9,6 +9,9 @@ from utils.config import defaults
 from utils.errors import UserError
 
 
+CONFIG = {"env": "MiniGrid-MemoryS7-v0", "model": "CNN-PPO", "seed": 3, "n_envs": 4}
+
+
 def _agent_and_optimizer():
     agent = build_agent("CNN-PPO", (56, 56, 3), 7, defaults())
     opt = torch.optim.AdamW(agent.parameters(), lr=1e-3)
@@ -20,7 +23,7 @@ def _agent_and_optimizer():
 
 def test_round_trip_restores_parameters_and_optimizer(tmp_path):
     agent, opt = _agent_and_optimizer()
-    save_checkpoint(tmp_path / "ckpt.pt", {"config": {"n_envs": 4}, "agent": agent.checkpoint_state(),
+    save_checkpoint(tmp_path / "ckpt.pt", {"config": CONFIG, "agent": agent.checkpoint_state(),
                                            "optimizer": opt.state_dict(), "step": 7})
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
     payload = load_checkpoint(tmp_path / "ckpt.pt")
@@ -33,19 +36,19 @@ def test_round_trip_restores_parameters_and_optimizer(tmp_path):
     for s1, s2 in zip(opt.state.values(), opt2.state.values()):
         assert torch.equal(s1["exp_avg"], s2["exp_avg"]) and torch.equal(s1["exp_avg_sq"], s2["exp_avg_sq"])
     assert payload["step"] == 7
-    assert payload["config"] == {**defaults(), "n_envs": 4}  # keys it lacks take their defaults
+    assert payload["config"] == {**defaults(), **CONFIG}  # keys it lacks take their defaults
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, {"config": {}, "agent": {}, "optimizer": {}, "step": 1})
+    save_checkpoint(path, {"config": CONFIG, "agent": {}, "optimizer": {}, "step": 1})
 
     def boom(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(UserError, match=r"cannot write checkpoint .*ckpt.pt: No space left on device; the previous"):
-        save_checkpoint(path, {"config": {}, "agent": {}, "optimizer": {}, "step": 2})
+        save_checkpoint(path, {"config": CONFIG, "agent": {}, "optimizer": {}, "step": 2})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]

@@ -77,6 +77,7 @@ SCHEMA: dict[str, Key] = {
                      help="episode start: zero the memory as the original (Transformer-XL only), or mask earlier "
                           "tokens; auto: zero for Transformer-XL, mask for other LMs"),
     "beta": Key(100.0, float, help="FrozenHopfield inverse temperature"),
+    "hopfield_cache_size": Key(100_000, int, help="HELM: FrozenHopfield outputs kept in the exact LRU cache (0: none)"),
     # CLIP observations (HELMv2, SHELM)
     "clip_model": Key("openai/clip-vit-base-patch16", str, help="CLIP hub id or local dir (frozen)"),
     "clip_cache_size": Key(100_000, int, help="CLIP image features kept in the exact LRU cache (0: none)"),
@@ -207,7 +208,7 @@ CLIP_KEYS = ("clip_model", "clip_cache_size")
 MODEL_KEYS: dict[str, tuple[str, ...]] = {
     "CNN-PPO": (),
     "Impala-PPO": (),
-    "HELM": LM_KEYS + ("beta",),
+    "HELM": LM_KEYS + ("beta", "hopfield_cache_size"),
     "HELMv2": LM_KEYS + CLIP_KEYS,
     "SHELM": LM_KEYS + CLIP_KEYS + ("topk", "templates", "semantic_db"),
 }
@@ -243,6 +244,7 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("mem_len", 1, 1_000_000, True, True),
     ("beta", 0, None, False, True),
     ("clip_cache_size", 0, None, True, True),
+    ("hopfield_cache_size", 0, None, True, True),
     ("topk", 1, 10_000, True, True),
 )
 DECAY_FLOORS = (("learning_rate", "lr_decay", "min_lr"), ("ent_coef", "ent_decay", "min_ent_coef"),
