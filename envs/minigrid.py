@@ -1,4 +1,13 @@
-"""MiniGrid with the papers' observation: the agent's 7x7 partial view rendered as 56x56x3 RGB."""
+"""MiniGrid with the papers' observation: the agent's 7x7 partial view rendered as 56x56x3 RGB.
+
+The picture is exactly ``ImgObsWrapper(RGBImgPartialObsWrapper(env))``'s (tile size 8), drawn one
+of two ways:
+
+* ``vec_env='sync'`` / ``'async'`` (default ``renderer='atlas'``): minigrid's Python envs return
+  their symbolic 7x7x3 view, and ``envs.minigrid_render`` draws the whole batch from a tile atlas,
+  pixel-identical (tests/test_minigrid_render.py) and far cheaper than minigrid's per-cell redraw;
+* ``renderer='minigrid'``: minigrid's own wrappers, the reference the atlas is tested against.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +15,31 @@ import functools
 
 import gymnasium as gym
 
+from utils.errors import UserError
+
+RENDERERS = ("atlas", "minigrid")
 
 
-def make_single(env_id: str) -> gym.Env:
+def make_single(env_id: str, renderer: str = "minigrid") -> gym.Env:
+    """One env: RGB from minigrid's wrappers (``'minigrid'``), or the symbolic 7x7x3 view (``'atlas'``,
+    rendered later for the whole batch)."""
     import minigrid  # noqa: F401  (registers the MiniGrid-* ids, also inside async workers)
     from minigrid.wrappers import ImgObsWrapper, RGBImgPartialObsWrapper
 
-    return ImgObsWrapper(RGBImgPartialObsWrapper(gym.make(env_id)))
+    env = gym.make(env_id)
+    return ImgObsWrapper(RGBImgPartialObsWrapper(env) if renderer == "minigrid" else env)
 
 
-def make_vector(env_id: str, n_envs: int, vec_env: str) -> gym.vector.VectorEnv:
+def make_vector(env_id: str, n_envs: int, vec_env: str, renderer: str = "atlas") -> gym.vector.VectorEnv:
+    """``n_envs`` copies of ``env_id`` observing 56x56x3 RGB, in same-step autoreset mode."""
     import minigrid  # noqa: F401
 
     from envs import check_registered, vectorise
+    from envs.minigrid_render import RenderViews
 
     check_registered(env_id, "MiniGrid")
-    return vectorise(functools.partial(make_single, env_id), n_envs, vec_env)
+    if renderer not in RENDERERS:
+        raise UserError(f"unknown MiniGrid renderer '{renderer}': choose one of {', '.join(RENDERERS)}")
+    envs = vectorise(functools.partial(make_single, env_id, renderer), n_envs, vec_env)
+    return RenderViews(envs) if renderer == "atlas" else envs
+
