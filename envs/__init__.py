@@ -57,7 +57,11 @@ def make_env(env_id: str, n_envs: int, vec_env: str = "sync") -> gym.vector.Vect
     """Build ``n_envs`` copies of ``env_id`` as one vector env (same-step autoreset)."""
     import importlib
 
-    module = importlib.import_module(FAMILIES[family_of(env_id)][1])
+    family = family_of(env_id)
+    if vec_env == "envpool" and family != "MiniGrid":
+        hint = " (Procgen always steps in EnvPool: sync uses one thread, async several)" if family == "Procgen" else ""
+        raise UserError(f"vec_env=envpool is for MiniGrid ids; use sync or async for {family}{hint}")
+    module = importlib.import_module(FAMILIES[family][1])
     return module.make_vector(env_id, n_envs, vec_env)
 
 

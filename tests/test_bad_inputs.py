@@ -94,6 +94,8 @@ VAR_CASES = [
     (["--var", "model=NoSuchModel"], "unknown model 'NoSuchModel'"),
     (["--var", "device=tpu"], "'device': 'tpu' is not one of"),
     (["--var", "vec_env=threads"], "'vec_env': 'threads' is not one of"),
+    (["--var", "vec_env=envpool"], "vec_env=envpool is for MiniGrid ids; use sync or async for CueRecall"),
+    (["--var", "vec_env=envpool", "--var", "env=MiniGrid-MultiRoom-N4-S5-v1"], "EnvPool does not implement"),
     (["--var", "lm_mode=sideways"], "'lm_mode': 'sideways' is not one of"),
     (["--var", "model=HELM", "--var", "lm=/nonexistent/lm"], "/nonexistent/lm"),
     (["--var", "model=HELM", "--var", "mem_reset=zero", "--var", "lm=minilm"], "mem_reset='zero' is only"),

@@ -219,3 +219,13 @@ if __name__ == "__main__":
         cells = ", ".join(f"{r[k][0]:.3f}/{r[k][1]:.3f}" for k in ("mean_length", "mean_return", "success", "terminated"))
         ps = ", ".join(f"{k[2:]} {r[k]:.3g}" for k in ("p_length", "p_return", "p_success", "p_terminated"))
         print(f"{env_id:42s} {n} episodes each: {cells} | {ps}", flush=True)
+
+
+def test_main_trains_with_vec_env_envpool(tmp_path):
+    from conftest import run_main
+    from utils.checkpoint import load_checkpoint
+
+    experiments = tmp_path / "experiments"
+    assert run_main("--var", "model=CNN-PPO", "--var", "env=MiniGrid-MemoryS7-v0", "--var", "vec_env=envpool",
+                    "--run-id", "ep", experiments=experiments) == 0
+    assert load_checkpoint(experiments / "CNN-PPO" / "MiniGrid-MemoryS7-v0" / "ep" / "ckpt_last.pt")["step"] == 64

@@ -43,7 +43,8 @@ SCHEMA: dict[str, Key] = {
     "source": Key("", str, help="where the numbers of this config come from (documentation only)"),
     # environment
     "n_envs": Key(16, int),
-    "vec_env": Key("sync", str, choices=("sync", "async")),
+    "vec_env": Key("sync", str, choices=("sync", "async", "envpool"),
+                   help="envpool: MiniGrid stepped by EnvPool's C++ port (the ids it implements), drawn by the tile atlas"),
     "norm_reward": Key(True, bool, help="divide rewards by the running std of the return"),
     "clip_reward": Key(1.0, float, help="clip normalised rewards to [-clip_reward, clip_reward]"),
     # PPO
