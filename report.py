@@ -10,7 +10,12 @@ holds, per model:
   the last 100 training episodes) summarised by the interquartile mean (IQM) and the mean, each
   with a 95% stratified-bootstrap confidence interval (rliable);
 * the probability that a memory model (HELM, HELMv2, SHELM) beats a baseline (Impala-PPO, CNN-PPO)
-  on a randomly drawn pair of runs, with a 95% confidence interval.
+  on a randomly drawn pair of runs, with a 95% confidence interval;
+* sample efficiency, which final performance cannot show when every agent ends up solving the
+  task: the mean return over the whole budget (the area under the learning curve divided by the
+  budget) with the same IQM, mean and probability-of-improvement statistics, and per run the env
+  steps until its mean return first reaches each of ``--levels`` (default: 50%, 80% and 90% of
+  the best model's final mean return).
 
 ``DIR/report.md`` is for reading, ``DIR/report.json`` holds the same numbers and the runs used.
 Bootstraps use a fixed seed, so the same runs always give the same report. Returns are not
@@ -313,9 +318,66 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray, reps: int) -> dict[
     return estimate(points["x>y"], intervals["x>y"])
 
 
-def summarise_env(env: str, by_model: dict[str, list[Run]], reps: int) -> dict[str, Any]:
-    """Per model: runs, seeds, steps reached and final-performance statistics; then the pairwise
-    probabilities of improvement of memory models over baselines."""
+AUC_POINTS = 501  # grid over [0, budget] on which the mean return over training is taken
+RETURN = "rollout/ep_rew_mean"
+
+
+def mean_return_over_training(run: Run) -> float | None:
+    """The area under the return curve divided by the budget; None unless the run reached the budget.
+
+    Before a run's first logged point (no episode had finished) it counts as its first value.
+    """
+    curve = run.scalars.get(RETURN)
+    if curve is None or not len(curve[0]) or run.last_step < run.budget:
+        return None
+    grid = np.linspace(0, run.budget, AUC_POINTS)
+    values = curve_on_grid(curve, grid)
+    values[grid < curve[0][0]] = curve[1][0]
+    return float(np.mean(values))
+
+
+def steps_to_reach(run: Run, level: float) -> int | None:
+    """The first logged env step at which the run's mean return is at least `level` (None: never)."""
+    curve = run.scalars.get(RETURN)
+    if curve is None:
+        return None
+    reached = np.flatnonzero(curve[1] >= level)
+    return int(curve[0][reached[0]]) if len(reached) else None
+
+
+def default_levels(by_model: dict[str, list[Run]]) -> list[float]:
+    """50%, 80% and 90% of the best model's mean final return (rounded to 2 decimals)."""
+    finals = [np.mean([v for v in (r.final(RETURN) for r in runs) if v is not None] or [np.nan])
+              for runs in by_model.values()]
+    best = np.nanmax(finals) if not np.all(np.isnan(finals)) else np.nan
+    return [] if not np.isfinite(best) or best <= 0 else [round(f * best, 2) for f in (0.5, 0.8, 0.9)]
+
+
+def sample_efficiency(by_model: dict[str, list[Run]], reps: int, levels: list[float] | None) -> dict[str, Any]:
+    """Mean return over training per model (IQM, mean, CIs), P(improvement) on it, and steps to each level."""
+    auc = {model: np.array([v for v in (mean_return_over_training(r) for r in runs) if v is not None]).reshape(-1, 1)
+           for model, runs in by_model.items()}
+    levels = default_levels(by_model) if levels is None else levels
+    out: dict[str, Any] = {
+        "levels": levels,
+        "models": {model: aggregate(scores, reps) if len(scores) else None for model, scores in auc.items()},
+        "steps_to_level": {model: [{"seed": r.seed, "steps": [steps_to_reach(r, level) for level in levels]}
+                                   for r in runs] for model, runs in by_model.items()},
+        "improvement": [],
+    }
+    for model in (m for m in MEMORY_MODELS if m in by_model):
+        for baseline in (b for b in BASELINES if b in by_model):
+            x, y = auc[model], auc[baseline]
+            if len(x) and len(y):
+                out["improvement"].append({"model": model, "baseline": baseline, "n_model": len(x),
+                                           "n_baseline": len(y), **probability_of_improvement(x, y, reps)})
+    return out
+
+
+def summarise_env(env: str, by_model: dict[str, list[Run]], reps: int,
+                  levels: list[float] | None = None) -> dict[str, Any]:
+    """Per model: runs, seeds, steps reached and final-performance statistics; the pairwise
+    probabilities of improvement of memory models over baselines; sample efficiency."""
     budget = next(iter(by_model.values()))[0].budget
     models = {}
     for model, runs in by_model.items():
@@ -340,7 +402,8 @@ def summarise_env(env: str, by_model: dict[str, list[Run]], reps: int) -> dict[s
                     improvement.append({"model": model, "baseline": baseline, "metric": metric,
                                         "n_model": len(x), "n_baseline": len(y),
                                         **probability_of_improvement(x, y, reps)})
-    return {"n_steps": budget, "models": models, "improvement": improvement, "plots": {}}
+    return {"n_steps": budget, "models": models, "improvement": improvement,
+            "efficiency": sample_efficiency(by_model, reps, levels), "plots": {}}
 
 
 # ---------------------------------------------------------------- the report
@@ -398,6 +461,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                              f"| {format_interval(row)} |")
         else:
             lines.append("No memory model (HELM, HELMv2, SHELM) and baseline (Impala-PPO, CNN-PPO) both ran here.")
+        lines += render_efficiency(summary["efficiency"], summary["models"])
         lines += ["", "### Learning curves", "",
                   f"Mean over seeds with a {CONFIDENCE:.0%} bootstrap band over seeds.", ""]
         lines += [f"- [{metric}]({name})" for metric, name in summary["plots"].items()]
@@ -405,6 +469,33 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += ["", f"![{env} {metric}]({name})"]
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def render_efficiency(eff: dict[str, Any], models: dict[str, Any]) -> list[str]:
+    """The sample-efficiency part of an env's section."""
+    lines = ["", "### Sample efficiency", "",
+             "Mean return over training: the area under a run's return curve divided by the budget "
+             "(only runs that reached the budget). Higher means it learned sooner.", "",
+             "| model | runs | IQM [95% CI] | mean [95% CI] |", "|---|---|---|---|"]
+    for model, stats in eff["models"].items():
+        n = stats["n"] if stats else 0
+        lines.append(f"| {model} | {n} of {models[model]['runs']} | {format_estimate(stats, 'iqm', n)} "
+                     f"| {format_estimate(stats, 'mean', n)} |")
+    if eff["improvement"]:
+        lines += ["", "| memory model | baseline | runs | P(higher mean return over training) [95% CI] |",
+                  "|---|---|---|---|"]
+        lines += [f"| {row['model']} | {row['baseline']} | {row['n_model']} vs {row['n_baseline']} "
+                  f"| {format_interval(row)} |" for row in eff["improvement"]]
+    if eff["levels"]:
+        header = " | ".join(f"{level:g}" for level in eff["levels"])
+        lines += ["", "Env steps until a run's mean return first reaches each level (–: not reached):", "",
+                  f"| model | seed | {header} |", "|---|---|" + "---|" * len(eff["levels"])]
+        for model, rows in eff["steps_to_level"].items():
+            for row in rows:
+                cells = " | ".join("–" if v is None else f"{v / 1000:.0f}k" if v >= 10_000 else str(v)
+                                   for v in row["steps"])
+                lines.append(f"| {model} | {row['seed']} | {cells} |")
+    return lines
 
 
 def prepare_out_dir(out_dir: Path) -> None:
@@ -426,7 +517,7 @@ def write_out(action: Callable[[], Any], path: Path) -> None:
 
 
 def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps: int = 100,
-                 reps: int = 2000) -> dict[str, Any]:
+                 reps: int = 2000, levels: list[float] | None = None) -> dict[str, Any]:
     """Write report.md, report.json and the curve PNGs into `out_dir`; return what report.json holds."""
     if metric_steps < 2:
         raise UserError(f"--metric-steps must be at least 2, got {metric_steps}")
@@ -448,7 +539,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
     }
     for env, by_model in groups.items():
         by_model = dict(sorted(by_model.items(), key=lambda item: model_rank(item[0])))
-        summary = summarise_env(env, by_model, reps)
+        summary = summarise_env(env, by_model, reps, levels)
         for metric in METRICS:
             if any(metric in r.scalars for model_runs in by_model.values() for r in model_runs):
                 name = curves_filename(env, metric)
@@ -470,13 +561,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="points of the common step grid of the learning curves (default: 100)")
     parser.add_argument("--reps", type=int, default=2000, metavar="N",
                         help="bootstrap repetitions for the confidence intervals (default: 2000)")
+    parser.add_argument("--levels", type=_levels, default=None, metavar="R1,R2,...",
+                        help="return levels for the steps-to-level table (default: 50/80/90%% of the best final return)")
     return parser.parse_args(argv)
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        report = build_report(args.paths, args.out, args.metric_steps, args.reps)
+        report = build_report(args.paths, args.out, args.metric_steps, args.reps, args.levels)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -139,3 +139,24 @@ def test_unwritable_out_is_a_user_error(fake_runs, tmp_path, capsys):
     assert report.main([str(fake_runs / "HELM"), "--out", str(tmp_path / "file" / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot create the output directory") and err.count("\n") == 1
+
+
+def test_sample_efficiency(built, fake_runs, tmp_path):
+    _, data = built
+    eff = data["envs"][ENV]["efficiency"]
+    # rising lines from final/10 at step 100 to final at 1000; the first value stands in before step 100
+    helm = report.load_runs([fake_runs / "HELM"])
+    for run in helm:
+        expected = run.final("rollout/ep_rew_mean") * (0.1 * 0.1 + 0.9 * 0.55)
+        assert abs(report.mean_return_over_training(run) - expected) < 0.005
+    assert eff["models"]["CNN-PPO"]["n"] == 2  # the run that stopped early has no mean over the budget
+    (row,) = eff["improvement"]
+    assert (row["model"], row["baseline"], row["n_model"], row["n_baseline"], row["point"]) == ("HELM", "CNN-PPO", 3, 2, 1.0)
+    assert np.allclose(eff["levels"], [0.425, 0.68, 0.765], atol=0.006)  # of HELM's mean final return 0.85
+    out = tmp_path / "levels"
+    assert report.main([str(fake_runs), "--out", str(out), *REPS, "--levels", "0.4"]) == 0
+    steps = json.loads((out / "report.json").read_text())["envs"][ENV]["efficiency"]["steps_to_level"]
+    assert [r["steps"] for r in steps["HELM"]] == [[500], [500], [500]]  # 0.8 * 500/1000 = 0.4, and so on
+    assert all(r["steps"] == [None] for r in steps["CNN-PPO"])
+    text = (out / "report.md").read_text()
+    assert "### Sample efficiency" in text and "| HELM | 1 | 500 |" in text and "| CNN-PPO | 1 | – |" in text
