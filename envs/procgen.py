@@ -54,14 +54,20 @@ def memory_game(env_id: str) -> str:
 
 
 class SameStepEnvPool(gym.vector.VectorEnv):
-    """An EnvPool batch of one game behind gymnasium's vector API, in same-step autoreset mode."""
+    """An EnvPool batch of one task behind gymnasium's vector API, in same-step autoreset mode.
+
+    Shared by Procgen and EnvPool's MiniGrid (`envs.minigrid_envpool`), which override `_observe`
+    (how EnvPool's observation becomes ours) and `_terminated` (flags EnvPool reports differently).
+    """
 
     metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
 
-    def __init__(self, task_id: str, n_envs: int, num_threads: int, seed: int = 0):
+    def __init__(self, task_id: str, n_envs: int, num_threads: int, seed: int = 0,
+                 obs_shape: tuple[int, ...] = (64, 64, 3), **make_kwargs):
         self.task_id, self.num_envs, self.num_threads = task_id, n_envs, num_threads
+        self._make_kwargs = make_kwargs
         self._pool = self._make(seed)
-        self.single_observation_space = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        self.single_observation_space = gym.spaces.Box(0, 255, obs_shape, np.uint8)
         self.single_action_space = gym.spaces.Discrete(self._pool.action_space.n)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, n_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, n_envs)
@@ -69,28 +75,36 @@ class SameStepEnvPool(gym.vector.VectorEnv):
     def _make(self, seed: int):
         import envpool
 
-        # EnvPool seeds sub-env i with seed + i and needs an int32; levels are unbounded (num_levels=0).
+        # EnvPool seeds sub-env i with seed + i and needs an int32.
         return envpool.make(
             self.task_id, env_type="gymnasium", num_envs=self.num_envs, num_threads=self.num_threads,
-            seed=int(seed) % (2**31 - self.num_envs), channel_first=False, num_levels=0, start_level=0,
+            seed=int(seed) % (2**31 - self.num_envs), **self._make_kwargs,
         )
+
+    def _observe(self, obs):
+        return obs
+
+    def _terminated(self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray) -> np.ndarray:
+        return terminated
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:  # EnvPool takes its seed at construction: a new seed means a new pool
             self._pool.close()
             self._pool = self._make(seed)
         obs, _ = self._pool.reset()
-        return obs, {}
+        return self._observe(obs), {}
 
     def step(self, actions):
         obs, rewards, terminated, truncated, _ = self._pool.step(np.asarray(actions, dtype=np.int32))
+        obs = self._observe(obs)
+        terminated = self._terminated(rewards, terminated, truncated)
         done = terminated | truncated
         info: dict = {}
         if done.any():
             info["final_obs"], info["_final_obs"] = obs, done
             first_obs, reset_info = self._pool.reset(np.flatnonzero(done).astype(np.int32))
             obs = obs.copy()  # the final observations stay in info["final_obs"]
-            obs[reset_info["env_id"]] = first_obs
+            obs[reset_info["env_id"]] = self._observe(first_obs)
         return obs, rewards.astype(np.float64), terminated, truncated, info
 
     def close(self, **kwargs) -> None:
@@ -105,6 +119,8 @@ def make_vector(env_id: str, n_envs: int, vec_env: str) -> gym.vector.VectorEnv:
     except ImportError:
         raise UserError(f"Procgen envs need the procgen extra: {INSTALL}") from None
     try:
-        return SameStepEnvPool(f"{game.capitalize()}Memory-v0", n_envs, num_threads=1 if vec_env == "sync" else 0)
+        # levels are unbounded (num_levels=0), frames HWC like every other family
+        return SameStepEnvPool(f"{game.capitalize()}Memory-v0", n_envs, num_threads=1 if vec_env == "sync" else 0,
+                               channel_first=False, num_levels=0, start_level=0)
     except ImportError as err:  # EnvPool imports its Procgen module lazily; it needs Qt 5 from the system
         raise UserError(f"EnvPool's Procgen could not load ({str(err).splitlines()[0]}): {INSTALL}") from None
