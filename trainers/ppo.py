@@ -364,8 +364,6 @@ class PPOTrainer:
                 if bar is not None:
                     bar.update(self.step - before)
                     bar.set_postfix_str(self.return_text(logs), refresh=False)
-            if bar is not None:
-                bar.close()
             if self.cfg["save_ckpt"] and self.run_dir is not None:
                 self.save("ckpt_last.pt")
             if self.writer is not None:
