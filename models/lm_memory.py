@@ -6,8 +6,9 @@ at the newest token summarises the last `mem_len` tokens of that env's episode.
 Two ways to run the LM:
 
 * causal: a key/value cache of the window, so a step costs one token's forward. The cache is a
-  ring of slots written in place (see `_SlotCache`); a 4D attention mask built here says, for
-  every row, which slots belong to its current episode and its sliding window.
+  buffer of slots written in place, in token order (see `_SlotCache`); a step attends only to
+  the slots some row can still see, and a 4D attention mask built here says, for every row,
+  which of them belong to its current episode and its sliding window.
 * bidirectional (encoder-only models such as BERT/MiniLM): keep the window's input embeddings
   and re-encode the whole window each step, reading the output at the newest token.
 """
@@ -156,17 +157,22 @@ class _SlotCache(DynamicCache):
     """A DynamicCache whose layers are fixed-size slot buffers, written in place.
 
     DynamicLayer appends with torch.cat, which copies the whole cache at every step; for a sliding
-    window on the CPU that is a large share of a step. Attention does not depend on the order of
-    the keys (positions are already baked into them, absolute or rotary; ALiBi-style models that
-    derive biases from the key index are not supported), so a new token simply
-    overwrites the slot of a token that has left every window. `LMMemory` sets `write_at` before
-    each forward and masks empty, stale and other-episode slots itself.
+    window on the CPU that is a large share of a step. `LMMemory` sets `write_at` (the slots of
+    the new tokens) and `visible` (the slice of slots this step attends to) before each forward,
+    and masks empty, stale and other-episode slots within that slice itself. Attention does not
+    depend on where a key sits (positions are already baked into the keys, absolute or rotary;
+    ALiBi-style models that derive biases from the key index are not supported).
+
+    Reading the keys and values is most of a CPU step, so attending only to the slice that some
+    row can still see (e.g. 150 of 511 slots when every episode is younger than 150 steps) is
+    the cheapest way to make a step faster; the slice is a view, never a copy.
     """
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
         self.capacity = capacity
         self.write_at: torch.Tensor | None = None  # slot index of each new token, [k]
+        self.visible = slice(None)  # the slots attention reads
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         while len(self.layers) <= layer_idx:
@@ -181,7 +187,7 @@ class _SlotCache(DynamicCache):
         # under autocast the new keys may be bf16/fp16 while the buffers keep the dtype they were made in
         layer.keys.index_copy_(2, self.write_at, key_states.to(layer.keys.dtype))
         layer.values.index_copy_(2, self.write_at, value_states.to(layer.values.dtype))
-        return layer.keys, layer.values
+        return layer.keys[:, :, self.visible], layer.values[:, :, self.visible]
 
     def resize(self, capacity: int, old_slots: torch.Tensor, new_slots: torch.Tensor) -> None:
         """Move the tokens held in `old_slots` to `new_slots` of buffers of a new capacity."""
@@ -295,9 +301,14 @@ class LMMemory(Memory):
         device, dtype = weight.device, weight.dtype
         self._n_envs = n_envs
         self._t = 0  # tokens appended so far; all rows append in lockstep, so this is shared
-        # Tokens are named by their absolute index a = 0, 1, 2, ...; a lives in slot a % capacity.
-        # Causal mode needs the window's mem_len - 1 old tokens plus the new ones (one by default).
-        self._capacity = self.mem_len
+        # Tokens are named by their absolute index a = 0, 1, 2, ...
+        # Bidirectional mode: token a lives in slot a % capacity (a ring of the window's inputs).
+        # Causal mode: token a lives in slot a - base, so the tokens a step can see are one slice.
+        # It needs the window's mem_len - 1 old tokens plus the new ones (one by default), and some
+        # slack: when the new tokens reach the end, the live ones move to the front (`_relayout`),
+        # once every `slack` steps.
+        self._base = 0
+        self._capacity = self.mem_len + (self._slack() if self.mode == "causal" else 0)
         self._slot_token = torch.full((self._capacity,), -1, dtype=torch.long, device=device)
         self._inputs = torch.zeros(n_envs, self._capacity, self.d_embed, device=device, dtype=dtype)
         self._start = torch.zeros(n_envs, dtype=torch.long, device=device)  # first token of each row's episode
@@ -309,6 +320,9 @@ class LMMemory(Memory):
         rows = self._rows(rows)
         self._start = torch.where(rows, self._t, self._start)
         self._origin = torch.where(rows, self._t, self._origin)
+
+    def _slack(self) -> int:
+        return max(1, self.mem_len // 4)
 
     def _rows(self, rows) -> torch.Tensor:
         if self._n_envs is None:
@@ -379,22 +393,25 @@ class LMMemory(Memory):
             raise UserError(
                 f"{k} tokens per step with mem_len={self.mem_len} exceed the LM's {self.position_limit} positions"
             )
-        if self.mem_len - 1 + k > self._capacity:
-            self._grow(self.mem_len - 1 + k)  # moves slots, changes nothing a query can see
+        if self.mem_len - 1 + k + self._slack() > self._capacity:
+            self._relayout(self.mem_len - 1 + k + self._slack())  # changes nothing a query can see
+        elif self._t + k - self._base > self._capacity:
+            self._relayout(self._capacity)
         if self._needs_rebuild(k):
             if not commit:
                 raise RuntimeError("peek() with more tokens than the last step() would need a cache rebuild")
             self._rebuild()
 
         new = torch.arange(self._t, self._t + k, device=self._start.device)
-        slots = new % self._capacity
-        # The new tokens take the slots of tokens that have left every window (peek restores the marks).
+        slots = new - self._base
+        # The new tokens take free slots after the newest token (peek restores the marks).
         previous = self._slot_token[slots].clone()
         self._slot_token[slots] = new
-        self._cache.write_at = slots
+        lo, hi = self._first_visible() - self._base, self._t + k - self._base
+        self._cache.write_at, self._cache.visible = slots, slice(lo, hi)
         out = self._lm(
             inputs_embeds=embeds,
-            attention_mask=self._window_mask(new, self._start),
+            attention_mask=self._window_mask(new, self._start, lo, hi),
             position_ids=new[None, :] - self._origin[:, None],
             **{self._cache_kwarg: self._cache},
             use_cache=True,
@@ -404,11 +421,25 @@ class LMMemory(Memory):
         if commit:
             self._inputs[:, slots] = embeds
             self._t += k
-            if self._needs_rebuild(k):  # now, so that the next peek or step finds room
+            # now, so that the next peek with as many tokens finds room and positions
+            if self._t + k - self._base > self._capacity:
+                self._relayout(self._capacity)
+            if self._needs_rebuild(k):
                 self._rebuild()
         else:
             self._slot_token[slots] = previous
         return out.last_hidden_state[:, -1].contiguous()
+
+    def _first_visible(self) -> int:
+        """The oldest token any row's next query can see: the window's start, or the oldest episode's.
+
+        On an accelerator the episode starts would cost a device-host sync per step, so there
+        only the window bounds the slice.
+        """
+        first = max(self._t - (self.mem_len - 1), self._base)
+        if self._start.device.type == "cpu":
+            first = max(first, int(self._start.min()))
+        return min(first, self._t)
 
     def _needs_rebuild(self, k: int) -> bool:
         """Would k new tokens need a position beyond the LM's absolute position table?"""
@@ -416,9 +447,9 @@ class LMMemory(Memory):
             return False
         return self._t + k - int(self._origin.min()) > self.position_limit
 
-    def _window_mask(self, queries: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Additive [B, 1, k, capacity] mask: slot visible iff its token is in the row's episode and window, and not ahead."""
-        token = self._slot_token[None, None, :]
+    def _window_mask(self, queries: torch.Tensor, start: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Additive [B, 1, k, hi - lo] mask over slots lo..hi-1: visible iff the slot's token is in the row's episode and window, and not ahead."""
+        token = self._slot_token[None, None, lo:hi]
         query = queries[None, :, None]
         visible = (token >= start[:, None, None]) & (token <= query) & (token > query - self.mem_len)
         mask = torch.zeros(visible.shape, dtype=self._inputs.dtype, device=visible.device)
@@ -429,14 +460,18 @@ class LMMemory(Memory):
         """Indices of the old tokens the next step can still attend to, oldest first."""
         return torch.arange(max(self._t - (self.mem_len - 1), 0), self._t, device=self._inputs.device)
 
-    def _grow(self, capacity: int) -> None:
-        """Make room for more new tokens per step (the slots of live tokens move, nothing is recomputed)."""
+    def _relayout(self, capacity: int) -> None:
+        """Move the live tokens to the front of buffers of `capacity` slots (nothing is recomputed).
+
+        Makes room for the next tokens (every `slack` steps) or for more tokens per step.
+        """
         live = self._live_tokens()
-        old, new = live % self._capacity, live % capacity
+        old, new = live - self._base, torch.arange(live.numel(), device=live.device)
         self._cache.resize(capacity, old, new)
         self._inputs = _move_slots(self._inputs, capacity, old, new, dim=1)
         self._slot_token = torch.full((capacity,), -1, dtype=torch.long, device=live.device)
         self._slot_token[new] = live
+        self._base = max(self._t - (self.mem_len - 1), 0)
         self._capacity = capacity
 
     def _rebuild(self) -> None:
@@ -448,18 +483,19 @@ class LMMemory(Memory):
         `max_positions - mem_len + 1` steps away.
         """
         self.rebuilds += 1
+        self._cache = _SlotCache(self._capacity)  # empty: the relayout moves only the inputs
+        self._relayout(self._capacity)
         live = self._live_tokens()
         self._origin = self._start.clamp_min(self._t - (self.mem_len - 1))
-        self._cache = _SlotCache(self._capacity)
         self._slot_token.fill_(-1)
         if live.numel() == 0:
             return
-        slots = live % self._capacity
+        slots = live - self._base
         self._slot_token[slots] = live
-        self._cache.write_at = slots
+        self._cache.write_at, self._cache.visible = slots, slice(0, live.numel())
         self._lm(
             inputs_embeds=self._inputs[:, slots],
-            attention_mask=self._window_mask(live, self._start),
+            attention_mask=self._window_mask(live, self._start, 0, live.numel()),
             position_ids=(live[None, :] - self._origin[:, None]).clamp_min(0),
             **{self._cache_kwarg: self._cache},
             use_cache=True,

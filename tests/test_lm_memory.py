@@ -119,7 +119,7 @@ def test_one_layer_window_equals_forward_over_last_tokens(models, name):
             ref = full(model, x[row : row + 1, first : t + 1], position_ids=positions)[0, -1]
             torch.testing.assert_close(out[row, t], ref, atol=ATOL, rtol=0)
     # The cache holds at most mem_len tokens, however long the episode.
-    assert all(layer.keys.shape[2] <= window for layer in memory._cache.layers)
+    assert all(layer.keys.shape[2] <= window + memory._slack() for layer in memory._cache.layers)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "gpt2_4layers", "llama", "neox"])
@@ -129,7 +129,37 @@ def test_multi_layer_window_equals_banded_full_forward(models, name):
     x = inputs(memory, 20)
     out = run(memory, x)
     torch.testing.assert_close(out, full(model, x, attention_mask=banded_mask(20, window)), atol=ATOL, rtol=0)
-    assert all(layer.keys.shape[2] <= window for layer in memory._cache.layers)
+    assert all(layer.keys.shape[2] <= window + memory._slack() for layer in memory._cache.layers)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
+def test_a_step_reads_only_the_slots_a_row_can_still_see(models, name):
+    """Attention reads the slice from the oldest current episode's start, not the whole window.
+
+    With every row restarted 3 steps ago the step reads 4 slots of a 24-token window, and its
+    output is still that of a fresh memory fed the new episodes only; after the slack fills,
+    the live tokens move to the front and stepping stays exact.
+    """
+    model = models[name]
+    memory = LMMemory(model, mem_len=24)
+    x = inputs(memory, 40)
+    starts = torch.zeros(B, 40, dtype=torch.bool)
+    starts[:, 14] = True
+    starts[0, 15] = True  # row 0 restarts one step later
+    out = run(memory, x, starts)
+    memory.reset(B)
+    spans = []
+    for t in range(18):
+        memory.step(x[:, t : t + 1], starts[:, t])
+        spans.append(memory._cache.visible.stop - memory._cache.visible.start)
+    assert spans[:14] == list(range(1, 15)) and spans[14:] == [1, 2, 3, 4]
+    # within the window (24 tokens) of the new episodes, a plain forward over them
+    torch.testing.assert_close(out[1:, 14:38], full(model, x[1:, 14:38]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(out[0, 15:39], full(model, x[:1, 15:39])[0], atol=ATOL, rtol=0)
+    # 40 steps with 24 + 6 slots: the live tokens moved to the front at least once
+    memory.reset(B)
+    bases = {memory._base for t in range(40) if memory.step(x[:, t : t + 1], starts[:, t]) is not None}
+    assert len(bases) > 1 and memory._capacity == 24 + memory._slack()
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
