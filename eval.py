@@ -30,12 +30,20 @@ sys.path.insert(0, str(ROOT))
 from utils.cli import OneLineArgumentParser, non_negative_int, positive_int  # noqa: E402  (standard library only)
 
 
+# One env per episode up to this many: a batched step costs far less than that many single ones
+# (the LM's weights are read once per step), and no env waits on another's share.
+MAX_DEFAULT_ENVS = 32
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The arguments, every count checked: a usage mistake is one line on stderr and exit code 2."""
     parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("--ckpt-path", required=True, help="run directory (uses ckpt_best.pt) or checkpoint file")
     parser.add_argument("--n-episodes", type=positive_int, default=10)
-    parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel envs (default: min(n_episodes, 8))")
+    parser.add_argument("--n-envs", type=positive_int, default=None,
+                        help=f"parallel envs (default: min(n_episodes, {MAX_DEFAULT_ENVS}); each runs an equal share of the episodes)")
+    parser.add_argument("--vec-env", choices=("sync", "async", "envpool"), default=None,
+                        help="how the envs are stepped (default: as in training; envpool: MiniGrid ids only)")
     actions = parser.add_mutually_exclusive_group()
     actions.add_argument("--deterministic", action="store_true", help="take the most likely action")
     actions.add_argument("--random", action="store_true", help="uniformly random actions (a chance baseline)")
@@ -206,8 +214,8 @@ def evaluate(args: argparse.Namespace) -> int:
         which += f", mean training return {checkpoint['best_mean_return']:.3f}"
     print(f"loading {ckpt_file} ({which}, step {checkpoint['step']})", file=sys.stderr)
     device = pick_device(args.device)
-    n_envs = args.n_envs or min(args.n_episodes, 8)
-    envs = make_env(cfg["env"], n_envs, "sync")
+    n_envs = args.n_envs or min(args.n_episodes, MAX_DEFAULT_ENVS)
+    envs = make_env(cfg["env"], n_envs, args.vec_env or cfg.get("vec_env", "sync"))
     try:
         agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
         try:

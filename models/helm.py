@@ -23,6 +23,7 @@ from models.networks import ActorCritic, SmallImpalaCNN
 from utils.errors import UserError
 
 TEXT_STEPS = 32  # env 0's most recent steps that `step_text` shows
+WORD_CACHE_SIZE = 65536  # distinct memory inputs whose nearest token is remembered (eval traces, text logs)
 
 
 def hopfield_layout(env_id: str) -> str:
@@ -76,6 +77,8 @@ class LMMemoryAgent(Agent):
         self._recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=TEXT_STEPS)
         self._tokenizer = None  # None: not tried yet; False: none available
         self._unit_vocab: torch.Tensor | None = None
+        self._word_ids = FrameCache(WORD_CACHE_SIZE)  # memory input -> nearest token id
+        self._texts: dict[int, str] = {}  # token id -> its text (decoding is per token, so memoised)
 
     def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 observations [B, H, W, C] -> LM input embeddings [B, k, d_embed]."""
@@ -115,8 +118,15 @@ class LMMemoryAgent(Agent):
         return inputs
 
     def memory_words(self, items: torch.Tensor) -> list[list[str]]:
-        """Words for a batch of `trace_items` rows: the vocabulary tokens nearest (cosine) to each input."""
-        return [self.token_texts(ids) for ids in self.nearest_tokens(items).tolist()]
+        """Words for a batch of `trace_items` rows: the vocabulary tokens nearest (cosine) to each input.
+
+        A search over the whole vocabulary per env and step was a third of eval.py's time, while
+        the inputs repeat as often as the frames do: each distinct input is searched once.
+        """
+        flat = items.detach().reshape(-1, items.shape[-1])
+        rows = self._word_ids.lookup(flat.float().cpu().numpy(), lambda misses: self.nearest_tokens(flat[misses]))
+        ids = torch.stack(rows).reshape(items.shape[:-1]) if rows else torch.zeros(items.shape[:-1], dtype=torch.long)
+        return [self.token_texts(row) for row in ids.tolist()]
 
     def nearest_tokens(self, embeds: torch.Tensor) -> torch.Tensor:
         """Ids of the LM vocabulary tokens whose input embeddings are closest (cosine) to `embeds` [..., d] -> [...]."""
@@ -131,13 +141,17 @@ class LMMemoryAgent(Agent):
         tokenizer = self._lm_tokenizer()
         texts = []
         for i in ids:
+            if i in self._texts:
+                texts.append(self._texts[i])
+                continue
             text = ""
             if tokenizer is not None and 0 <= i < len(tokenizer):  # ids beyond it: padding rows, or an empty tokenizer
                 try:
                     text = tokenizer.decode([i]).strip() or str(tokenizer.convert_ids_to_tokens(i) or "")
                 except (IndexError, KeyError, TypeError, ValueError, OverflowError):
                     text = ""
-            texts.append(text or f"#{i}")
+            self._texts[i] = text or f"#{i}"
+            texts.append(self._texts[i])
         return texts
 
     def _lm_tokenizer(self):

@@ -107,3 +107,17 @@ def test_bad_lm_values_are_one_line_errors(tmp_path, experiments, capsys):
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
     assert "no-such-org/no-such-model" in err[1] and "minilm" in err[1]
     assert not experiments.exists() or not any(experiments.rglob("*.pt"))
+
+
+def test_memory_words_search_each_distinct_input_once(lm_dir):
+    """Traces name each memory input by its nearest token; repeated inputs reuse the first search."""
+    agent = build_agent("HELM", (56, 56, 3), 7, _cfg(lm_dir))
+    vocab = agent.memory.token_embeddings()
+    items = torch.stack([vocab[[5, 9]], vocab[[9, 5]], vocab[[5, 5]]]) * 3.0  # [3 rows, k=2, d]
+    searched = []
+    nearest = agent.nearest_tokens
+    agent.nearest_tokens = lambda embeds: searched.append(len(embeds)) or nearest(embeds)
+    words = agent.memory_words(items)
+    assert words == [agent.token_texts([5, 9]), agent.token_texts([9, 5]), agent.token_texts([5, 5])]
+    assert agent.memory_words(items[1:]) == words[1:]
+    assert searched == [2]  # two distinct inputs, searched once

@@ -228,4 +228,28 @@ def test_main_trains_with_vec_env_envpool(tmp_path):
     experiments = tmp_path / "experiments"
     assert run_main("--var", "model=CNN-PPO", "--var", "env=MiniGrid-MemoryS7-v0", "--var", "vec_env=envpool",
                     "--run-id", "ep", experiments=experiments) == 0
-    assert load_checkpoint(experiments / "CNN-PPO" / "MiniGrid-MemoryS7-v0" / "ep" / "ckpt_last.pt")["step"] == 64
+    run = experiments / "CNN-PPO" / "MiniGrid-MemoryS7-v0" / "ep"
+    assert load_checkpoint(run / "ckpt_last.pt")["step"] == 64
+
+    # eval.py steps the envs as training did, unless told otherwise
+    import eval as evaluate
+    from envs import minigrid_envpool
+
+    made = []
+    original = minigrid_envpool.SameStepMiniGridPool.__init__
+
+    def spy(self, *args, **kwargs):
+        made.append(True)
+        original(self, *args, **kwargs)
+
+    minigrid_envpool.SameStepMiniGridPool.__init__ = spy
+    try:
+        assert evaluate.main(["--ckpt-path", str(run), "--n-episodes", "2", "--out", str(tmp_path / "e1"),
+                              "--no-progress"]) == 0
+        assert made
+        made.clear()
+        assert evaluate.main(["--ckpt-path", str(run), "--n-episodes", "2", "--out", str(tmp_path / "e2"),
+                              "--vec-env", "sync", "--no-progress"]) == 0
+        assert not made
+    finally:
+        minigrid_envpool.SameStepMiniGridPool.__init__ = original
