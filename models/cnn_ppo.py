@@ -11,7 +11,7 @@ from models.networks import ActorCritic, SmallImpalaCNN
 class CNNPPO(Agent):
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
         super().__init__()
-        self.cnn = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024)
+        self.cnn = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024, precision=cfg.get("precision", "fp32"))
         self.heads = ActorCritic(self.cnn.out_dim, n_actions)
 
     def act(self, obs: torch.Tensor, episode_start: torch.Tensor, deterministic: bool = False) -> ActOutput:

@@ -67,7 +67,7 @@ class LMMemoryAgent(Agent):
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
         super().__init__()
         self.memory = build_memory(cfg)
-        self.cnn = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024)
+        self.cnn = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024, precision=cfg.get("precision", "fp32"))
         self.heads = ActorCritic(self.memory.d_model + self.cnn.out_dim, n_actions)
         # Reading the memory (traces, TensorBoard text): what the last act() fed per env, and
         # env 0's recent steps as (episode_start, item). Items are cheap to keep; turning them into
@@ -98,13 +98,13 @@ class LMMemoryAgent(Agent):
 
     def act(self, obs: torch.Tensor, episode_start: torch.Tensor, deterministic: bool = False) -> ActOutput:
         inputs, extra = self.encode_memory(obs)
-        lm_out = self.memory.step(inputs, episode_start)
+        lm_out = self.memory.step(inputs, episode_start).float()  # a bf16 LM (precision=bf16) too
         logits, values = self._policy(lm_out, obs)
         self._record(self.trace_items(inputs, extra), episode_start)
         return sample(logits, values, deterministic, {"lm_out": lm_out, **extra})
 
     def peek_values(self, obs: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        return self._policy(self.memory.peek(self.encode_memory(obs)[0], episode_start), obs)[1]
+        return self._policy(self.memory.peek(self.encode_memory(obs)[0], episode_start).float(), obs)[1]
 
     def evaluate(self, batch):
         logits, values = self._policy(batch["lm_out"], batch["obs"])
@@ -198,7 +198,7 @@ class HELM(LMMemoryAgent):
         super().__init__(obs_shape, n_actions, cfg)
         self.hopfield_layout = hopfield_layout(cfg["env"])
         input_dim = hopfield_input_dim(obs_shape, self.hopfield_layout)
-        self.hopfield = FrozenHopfield(input_dim, self.memory.token_embeddings(), cfg["beta"], seed=cfg["seed"])
+        self.hopfield = FrozenHopfield(input_dim, self.memory.token_embeddings().float(), cfg["beta"], seed=cfg["seed"])
         # The FrozenHopfield is fixed, so each distinct frame is mapped once (MiniGrid repeats frames a lot)
         self.hopfield_cache = FrameCache(cfg.get("hopfield_cache_size", 0))
 

@@ -104,7 +104,7 @@ class HELMv2(LMMemoryAgent):
         self.env_id: str = cfg["env"]
         self.seed: int = int(cfg["seed"] or 0)
         self.image_encoder = CLIPImageEncoder(load_clip(cfg["clip_model"]), cfg["clip_cache_size"])
-        self.to_tokens = CLIPToTokenSpace(self.image_encoder.embed_dim, self.memory.token_embeddings(), self.seed)
+        self.to_tokens = CLIPToTokenSpace(self.image_encoder.embed_dim, self.memory.token_embeddings().float(), self.seed)
         self._logged_counts = (0, 0)
 
     def estimate_statistics(self, frames: np.ndarray | torch.Tensor | None = None) -> None:

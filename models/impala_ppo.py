@@ -19,7 +19,7 @@ class ImpalaPPO(Agent):
 
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict, hidden: int = 256):
         super().__init__()
-        self.cnn = SmallImpalaCNN(obs_shape, channel_scale=1, hidden=hidden)
+        self.cnn = SmallImpalaCNN(obs_shape, channel_scale=1, hidden=hidden, precision=cfg.get("precision", "fp32"))
         self.lstm = nn.LSTM(hidden, hidden)
         self.heads = ActorCritic(hidden, n_actions)
         self.hidden = hidden

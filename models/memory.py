@@ -89,12 +89,23 @@ def build_memory(cfg: dict) -> Memory:
             raise UserError(f"lm_mode={cfg['lm_mode']!r} does not apply to Transformer-XL, which is causal; use 'auto'")
         reset = cfg.get("mem_reset", "auto")
         reset = "zero" if reset == "auto" else reset  # the original: an episode end zeroes the env's mems
-        return TransfoXLMemory(load_transfo_xl(lm, cfg.get("lm_layers")), cfg["mem_len"], reset=reset)
+        model = _in_precision(load_transfo_xl(lm, cfg.get("lm_layers")), cfg)
+        return TransfoXLMemory(model, cfg["mem_len"], reset=reset)
     from models.lm_memory import LMMemory, load_frozen_lm
 
     if cfg.get("mem_reset", "auto") == "zero":
         raise UserError(f"mem_reset={cfg['mem_reset']!r} is only available for Transformer-XL; other LMs mask earlier episodes")
-    return LMMemory(load_frozen_lm(lm, cfg.get("lm_layers")), cfg["mem_len"], cfg.get("lm_mode", "auto"), name=lm)
+    model = _in_precision(load_frozen_lm(lm, cfg.get("lm_layers")), cfg)
+    return LMMemory(model, cfg["mem_len"], cfg.get("lm_mode", "auto"), name=lm)
+
+
+def _in_precision(model: nn.Module, cfg: dict) -> nn.Module:
+    """precision=bf16: the frozen LM holds bfloat16 weights, so its memory (keys, values) is bf16 too.
+
+    Reading the cached keys and values and the weights is most of a memory step; bf16 halves
+    both. Agents still see fp32 outputs, and the FrozenHopfield keeps an fp32 vocabulary.
+    """
+    return model.to(torch.bfloat16) if cfg.get("precision", "fp32") == "bf16" else model
 
 
 def load_lm_tokenizer(lm: str):

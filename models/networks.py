@@ -17,10 +17,17 @@ class SmallImpalaCNN(nn.Module):
     """Conv(3->16s, k8 s4) - ReLU - Conv(16s->32s, k4 s2) - ReLU - Linear(->hidden) - ReLU.
 
     Tiny inputs (9 px or less, e.g. RandomMaze's view) use k4 s2 then k2 s1 so the convolutions fit.
+    ``precision="bf16"`` runs it under bfloat16 autocast (weights, gradients and the output stay
+    fp32): the convolutions' backward pass is most of a PPO update, and bf16 makes it 2-3x
+    cheaper on GPUs and on CPUs with AMX/AVX512-BF16.
     """
 
-    def __init__(self, obs_shape: tuple[int, int, int], channel_scale: int = 1, hidden: int = 256):
+    def __init__(self, obs_shape: tuple[int, int, int], channel_scale: int = 1, hidden: int = 256,
+                 precision: str = "fp32"):
         super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.bf16 = precision == "bf16"
         height, width, channels = obs_shape
         small = min(height, width) <= 9
         (k1, s1), (k2, s2) = ((4, 2), (2, 1)) if small else ((8, 4), (4, 2))
@@ -39,7 +46,10 @@ class SmallImpalaCNN(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.convs(to_float_image(obs)))
+        if not self.bf16:
+            return self.fc(self.convs(to_float_image(obs)))
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16):
+            return self.fc(self.convs(to_float_image(obs))).float()
 
 
 HEAD_GAIN = math.sqrt(2)  # ReLU's gain, on every Linear of both heads as in the original model.py

@@ -41,6 +41,9 @@ SCHEMA: dict[str, Key] = {
                                                 "(a hard kill loses at most this or one update)"),
     "best_min_episodes": Key(100, int, help="ckpt_best.pt only from a mean over at least this many episodes (<= 100)"),
     "source": Key("", str, help="where the numbers of this config come from (documentation only)"),
+    "precision": Key("fp32", str, choices=("fp32", "bf16"),
+                     help="bf16: the CNN runs under bfloat16 autocast (fp32 weights and gradients) and the frozen "
+                          "LM holds bfloat16 weights; fp32: the papers' full precision"),
     # environment
     "n_envs": Key(16, int),
     "vec_env": Key("sync", str, choices=("sync", "async", "envpool"),
