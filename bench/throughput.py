@@ -12,6 +12,8 @@ Everything runs in one process with the same torch thread count:
 * ours, HELM with the offline pretrained MiniLM (run causally, mem_len 511) and with a
   GPT-2-small-sized causal LM (random weights; timing only), with the forward split into
   FrozenHopfield, LM and CNN+heads (``--only helm``);
+* ours with ``precision=bf16`` (``--only bf16``): CNN-PPO and HELM with MiniLM, the CNN under
+  bfloat16 autocast and the LM in bfloat16 (opt-in; not part of the SB3 comparison);
 * sb3-contrib ``RecurrentPPO`` with the Impala-PPO network: ``SmallImpalaCNN(channel_scale=1,
   hidden=256)`` + one LSTM 256 (``shared_lstm=True, enable_critic_lstm=False``) + the same heads.
 
@@ -70,7 +72,7 @@ PPO_KWARGS = dict(  # the papers' settings, in SB3's names
     max_grad_norm=0.5, n_steps=N_ROLLOUT, n_epochs=N_EPOCHS, batch_size=STEPS_PER_UPDATE // N_BATCHES,
     normalize_advantage=True,
 )
-GROUPS = ("env", "cnn", "lstm", "ours", "sb3", "helm")
+GROUPS = ("env", "cnn", "lstm", "ours", "sb3", "helm", "bf16")
 
 
 def seed_everything(seed: int) -> None:
@@ -462,6 +464,9 @@ def main(argv: list[str] | None = None) -> None:
                                               lm="minilm", lm_mode="causal", mem_len=511)),
         ({"helm", "ours"}, lambda: OursRunner("HELM", args.seed, "HELM, GPT-2-small-sized (random, mem 511)",
                                               lm=gpt2_small_dir(), lm_mode="causal", mem_len=511)),
+        ({"bf16"}, lambda: OursRunner("CNN-PPO", args.seed, "CNN-PPO, precision=bf16", precision="bf16")),
+        ({"bf16"}, lambda: OursRunner("HELM", args.seed, "HELM, MiniLM (causal, mem 511), precision=bf16",
+                                      lm="minilm", lm_mode="causal", mem_len=511, precision="bf16")),
         ({"cnn", "sb3"}, lambda: SB3Runner(recurrent=False, seed=args.seed)),
         ({"lstm", "sb3"}, lambda: SB3Runner(recurrent=True, seed=args.seed)),
     ]
