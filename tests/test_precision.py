@@ -8,7 +8,7 @@ import torch
 from conftest import run_main
 from models import build_agent
 from models.networks import SmallImpalaCNN
-from tests.tiny_lms import tiny_gpt2
+from tests.tiny_lms import tiny_gpt2, tiny_transfo_xl
 from utils.checkpoint import load_checkpoint
 from utils.config import defaults
 
@@ -82,3 +82,12 @@ def test_unknown_precision_is_a_one_line_error(experiments, capsys):
     assert run_main("--var", "model=CNN-PPO", "--var", "precision=fp16", experiments=experiments) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "precision" in err[0] and "bf16" in err[0]
+
+
+def test_helm_with_a_bf16_transfo_xl_trains(tmp_path, experiments):
+    trxl = tiny_transfo_xl(str(tmp_path / "trxl"))
+    agent = _helm(trxl, "bf16")
+    assert agent.memory.token_embeddings().dtype == torch.bfloat16
+    assert run_main("--var", "model=HELM", "--var", f"lm={trxl}", "--var", "mem_len=6", "--var", "precision=bf16",
+                    "--var", "env=MiniGrid-MemoryS7-v0", "--run-id", "t", experiments=experiments) == 0
+    assert load_checkpoint(next(experiments.glob("HELM/*/t")) / "ckpt_last.pt")["step"] == 64
