@@ -125,7 +125,7 @@ class LMMemoryAgent(Agent):
         """
         flat = items.detach().reshape(-1, items.shape[-1])
         rows = self._word_ids.lookup(flat.float().cpu().numpy(), lambda misses: self.nearest_tokens(flat[misses]))
-        ids = torch.stack(rows).reshape(items.shape[:-1]) if rows else torch.zeros(items.shape[:-1], dtype=torch.long)
+        ids = torch.stack(rows).reshape(items.shape[:-1])
         return [self.token_texts(row) for row in ids.tolist()]
 
     def nearest_tokens(self, embeds: torch.Tensor) -> torch.Tensor:

@@ -439,7 +439,7 @@ class LMMemory(Memory):
         first = max(self._t - (self.mem_len - 1), self._base)
         if self._start.device.type == "cpu":
             first = max(first, int(self._start.min()))
-        return min(first, self._t)
+        return first
 
     def _needs_rebuild(self, k: int) -> bool:
         """Would k new tokens need a position beyond the LM's absolute position table?"""

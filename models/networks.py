@@ -46,10 +46,9 @@ class SmallImpalaCNN(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        if not self.bf16:
-            return self.fc(self.convs(to_float_image(obs)))
-        with torch.autocast(obs.device.type, dtype=torch.bfloat16):
-            return self.fc(self.convs(to_float_image(obs))).float()
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            features = self.fc(self.convs(to_float_image(obs)))
+        return features.float()  # a no-op in fp32
 
 
 HEAD_GAIN = math.sqrt(2)  # ReLU's gain, on every Linear of both heads as in the original model.py
