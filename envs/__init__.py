@@ -65,6 +65,18 @@ def make_env(env_id: str, n_envs: int, vec_env: str = "sync") -> gym.vector.Vect
     return module.make_vector(env_id, n_envs, vec_env)
 
 
+def env_backend(env_id: str, vec_env: str) -> str:
+    """What steps this env's episodes: seeds play out differently on each, so runs record it.
+
+    "envpool" for EnvPool's C++ envs (Procgen always, MiniGrid with vec_env=envpool), otherwise the
+    family's Python package (e.g. "minigrid").
+    """
+    family = family_of(env_id)
+    if family == "Procgen" or vec_env == "envpool":
+        return "envpool"
+    return family.lower()
+
+
 def check_registered(env_id: str, family: str) -> None:
     """A one-line error for an id gymnasium does not know, with the closest ids of its family."""
     if env_id in gym.registry:

@@ -30,6 +30,10 @@ def test_train_writes_a_run_and_reports_every_update(tmp_path):
     cfg2 = dict(checkpoint["config"], n_steps=48)
     status, _ = train(cfg2, run_dir, checkpoint=checkpoint)
     assert status == "done" and load_checkpoint(run_dir / "ckpt_last.pt")["step"] == 48
+    # every start and resume records where it ran, so a report can tell runs that moved
+    segments = json.loads((run_dir / "runtime.json").read_text())["segments"]
+    assert [(s["from_step"], s["device"], s["env_backend"], s["vec_env"]) for s in segments] == [
+        (0, "cpu", "cuerecall", "sync"), (32, "cpu", "cuerecall", "sync")]
 
 
 def test_train_runs_outside_the_main_thread(tmp_path):

@@ -130,6 +130,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
             if checkpoint is None:
                 Path(run_dir).mkdir(parents=True, exist_ok=False)
             _write_json_atomic(Path(run_dir) / "config.json", cfg)
+            record_runtime(Path(run_dir), cfg, device, trainer.step)
             if writer:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -140,6 +141,38 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
             envs.close()
             raise UserError(f"cannot write to {run_dir}: {err.strerror or err}") from None
     return trainer
+
+
+RUNTIME_FILE = "runtime.json"
+
+
+def record_runtime(run_dir: Path, cfg: dict[str, Any], device, step: int) -> None:
+    """Append where this (re)start of the run executes to `runtime.json`: device and env backend.
+
+    Seeds play out differently on a GPU than on a CPU, and on EnvPool than on Python envs, so a
+    report must know whether a run moved between them (`report.py` says so).
+    """
+    import datetime
+
+    import torch
+
+    from envs import env_backend
+
+    path = run_dir / RUNTIME_FILE
+    try:
+        segments = json.loads(path.read_text())["segments"] if path.is_file() else []
+    except (OSError, ValueError, KeyError, TypeError):
+        segments = []  # an unreadable record is replaced, never a reason to stop training
+    name = str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})"
+    segments.append({
+        "from_step": int(step),
+        "device": name,
+        "env_backend": env_backend(cfg["env"], cfg["vec_env"]),
+        "vec_env": cfg["vec_env"],
+        "torch": torch.__version__,
+        "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })
+    _write_json_atomic(path, {"segments": segments})
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
