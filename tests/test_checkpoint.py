@@ -74,3 +74,24 @@ def test_mismatched_agent_state_is_refused():
     lstm = build_agent("Impala-PPO", (56, 56, 3), 7, defaults())
     with pytest.raises((ValueError, RuntimeError)):
         lstm.load_checkpoint_state(agent.checkpoint_state())
+
+
+def test_loading_is_weights_only_but_reads_the_numpy_state_checkpoints_hold(tmp_path):
+    """Checkpoints hold numpy's RNG state and the reward normaliser's returns (numeric arrays): they load.
+    Anything that needs another global, even numpy's object arrays, is refused in one line."""
+    import random
+
+    import numpy as np
+
+    path = tmp_path / "ckpt.pt"
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    save_checkpoint(path, {"config": CONFIG, "agent": {}, "optimizer": {}, "step": 1, "rng": rng,
+                           "reward_norm": {"returns": np.arange(4.0), "mean": 0.0}})
+    payload = load_checkpoint(path)
+    assert np.array_equal(payload["rng"]["numpy"][1], rng["numpy"][1]) and payload["rng"]["python"] == rng["python"]
+    assert np.array_equal(payload["reward_norm"]["returns"], np.arange(4.0))
+
+    save_checkpoint(path, {"config": CONFIG, "agent": {}, "optimizer": {}, "step": 1,
+                           "extra": np.array([{"a": 1}], dtype=object)})
+    with pytest.raises(UserError, match="refers to .*loading it could run code"):
+        load_checkpoint(path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -70,13 +72,63 @@ def resolve_checkpoint_path(path: str | Path, prefer: str = "ckpt_last.pt") -> P
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint of any format this version knows, upgraded to the current one."""
+def _numpy_array_globals() -> list:
+    """What unpickling a numeric numpy array needs (checkpoints hold the numpy RNG state and the
+    reward normaliser's returns): its reconstructor under numpy 2's and numpy 1's module names,
+    `ndarray` and `dtype`. None of them runs code; an object array would need more and is refused."""
+    import numpy
+
+    reconstruct = numpy._core.multiarray._reconstruct if hasattr(numpy, "_core") else numpy.core.multiarray._reconstruct
+    return [(reconstruct, "numpy._core.multiarray._reconstruct"), (reconstruct, "numpy.core.multiarray._reconstruct"),
+            numpy.ndarray, numpy.dtype, *_numpy_dtype_classes()]
+
+
+def _numpy_dtype_classes() -> list:
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles some dtypes by their class
+    if dtypes is None:
+        return []
+    names = ("Float64DType", "Float32DType", "Int64DType", "Int32DType", "UInt32DType", "UInt8DType", "BoolDType")
+    return [getattr(dtypes, name) for name in names if hasattr(dtypes, name)]
+
+
+def read_weights_only(path: str | Path, what: str = "checkpoint", allow: list | tuple = ()) -> Any:
+    """`torch.load` that can only build tensors, containers, numbers, strings and the `allow`ed types.
+
+    A file is data, never a program: a pickle that would call anything else (`os.system`, a class
+    of some package) is refused before it runs, with one line naming what it wanted to call.
+    """
     path = Path(path)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
+            raise UserError(f"{what} {path} refers to {_unsafe_globals(path, err)}, which a {what} never holds "
+                            "(loading it could run code): refused") from None
+        raise UserError(f"{what} {path} is corrupt or unreadable ({type(err).__name__})") from None
     except Exception as err:  # torch raises many kinds for a damaged file
-        raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(err).__name__})") from None
+        raise UserError(f"{what} {path} is corrupt or unreadable ({type(err).__name__})") from None
+
+
+def _unsafe_globals(path: Path, err: Exception) -> str:
+    """The globals a refused pickle names, read without executing it ('code' when they cannot be read)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        names = []
+    if not names:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        names = [found.group(1)] if found else []
+    return ", ".join(sorted(set(names))[:3]) or "code"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint of any format this version knows, upgraded to the current one.
+
+    Loaded weights-only: a crafted file cannot execute anything (see `read_weights_only`).
+    """
+    path = Path(path)
+    payload = read_weights_only(path, "checkpoint", _numpy_array_globals())
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED):
         raise UserError(f"checkpoint {path} is not a checkpoint of this project")
     if not isinstance(payload["format"], int) or not 1 <= payload["format"] <= FORMAT:
