@@ -212,8 +212,8 @@ def evaluate(args: argparse.Namespace) -> int:
     which = "the best policy" if ckpt_file.name == "ckpt_best.pt" else "the last state"
     if ckpt_file.name == "ckpt_best.pt" and np.isfinite(checkpoint.get("best_mean_return", np.nan)):
         which += f", mean training return {checkpoint['best_mean_return']:.3f}"
+    device = pick_device(args.device, fix="--device cpu or auto")
     print(f"loading {ckpt_file} ({which}, step {checkpoint['step']})", file=sys.stderr)
-    device = pick_device(args.device)
     n_envs = args.n_envs or min(args.n_episodes, MAX_DEFAULT_ENVS)
     envs = make_env(cfg["env"], n_envs, args.vec_env or cfg.get("vec_env", "sync"))
     try:

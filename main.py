@@ -33,13 +33,18 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args(argv)
 
 
-def resume_setup(args) -> tuple[dict, dict, Path]:
-    """The checkpoint, its config with the allowed overrides, and the run directory of `--resume`."""
+def resume_setup(args) -> tuple[dict, dict, Path, dict]:
+    """The checkpoint, its config with the allowed overrides, the run directory of `--resume` and
+    the overrides that change the config ({key: (old, new)})."""
     from utils import config as config_lib
     from utils.checkpoint import load_checkpoint, remove_stale_temporaries
     from utils.errors import UserError
 
     run_dir = Path(args.resume)
+    if run_dir.is_file():  # RUN/ckpt_last.pt: the run is its directory
+        if run_dir.name != "ckpt_last.pt":
+            raise UserError(f"--resume takes a run directory (it continues from its ckpt_last.pt), not {run_dir}")
+        run_dir = run_dir.parent
     if not run_dir.is_dir():
         raise UserError(f"--resume: run directory not found: {run_dir}")
     given = [flag for flag, value in (("--config", args.config), ("--seed", args.seed), ("--run-id", args.run_id),
@@ -64,9 +69,7 @@ def resume_setup(args) -> tuple[dict, dict, Path]:
     if checkpoint["step"] >= cfg["n_steps"]:
         raise UserError(f"the run in {run_dir} is already at step {checkpoint['step']} of n_steps={cfg['n_steps']}; "
                         "raise it with --var n_steps=N to train longer")
-    for name, (old, new) in changes.items():
-        print(f"resume: {name} {old!r} -> {new!r} (recorded in {run_dir / 'config.json'})", file=sys.stderr)
-    return checkpoint, cfg, run_dir
+    return checkpoint, cfg, run_dir, changes
 
 
 def setup(args):
@@ -74,17 +77,23 @@ def setup(args):
     from trainers.run import build_trainer, new_run_dir
     from utils import config as config_lib
 
+    changes = {}
     if args.resume:
-        checkpoint, cfg, run_dir = resume_setup(args)
+        checkpoint, cfg, run_dir, changes = resume_setup(args)
     else:
         checkpoint = None
         if args.seed is not None:
             args.var.append(f"seed={args.seed}")
-        cfg = config_lib.resolve(args.config or ROOT / "config.json", args.var)
+        cfg = config_lib.resolve(args.config or ROOT / "config.json", args.var, users_file=args.config is not None)
         if cfg["seed"] is None:
             cfg["seed"] = random.randrange(2**31)
         run_dir = new_run_dir(cfg, Path(args.experiments_dir or "experiments"), args.run_id)
     trainer = build_trainer(cfg, run_dir, checkpoint, progress=not args.no_progress)
+    # only now is config.json rewritten: a resume that failed above changed nothing
+    for name, (old, new) in changes.items():
+        print(f"resume: {name} {old!r} -> {new!r} (recorded in {run_dir / 'config.json'})", file=sys.stderr)
+    if checkpoint is not None:
+        print(f"resuming from step {checkpoint['step']} of {cfg['n_steps']}", file=sys.stderr)
     return trainer, run_dir
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.cli import OneLineArgumentParser
 from utils.errors import UserError
 
 METRICS = ("rollout/ep_rew_mean", "rollout/success_rate")
@@ -144,17 +146,55 @@ def load_scalars(run_dir: Path) -> dict[str, Curve]:
     return scalars
 
 
+def events_file_problem(path: Path) -> str | None:
+    """Why a TensorBoard events file cannot be trusted, or None when every record checks out.
+
+    TensorBoard's reader stops silently at the first damaged record, which would report a run as
+    having never finished an episode. Each record is (length, CRC of the length, data, CRC of the
+    data); a CRC that does not match is damage. A record cut short at the very end is not: a
+    hard kill can leave one, and the records before it are intact.
+    """
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    offset = 0
+    while offset + 12 <= len(data):
+        header = data[offset:offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        if struct.unpack("<I", data[offset + 8:offset + 12])[0] != masked_crc32c(header):
+            return f"damaged at byte {offset}"
+        end = offset + 12 + length
+        if end + 4 > len(data):
+            return None  # a truncated last record
+        if struct.unpack("<I", data[end:end + 4])[0] != masked_crc32c(data[offset + 12:end]):
+            return f"damaged at byte {offset}"
+        offset = end + 4
+    return None
+
+
 def load_runs(paths: Iterable[Path]) -> list[Run]:
-    """The runs below `paths`, sorted by env, model, seed."""
+    """The runs below `paths`, sorted by env, model, seed.
+
+    A run with a damaged events file is left out with a one-line warning naming the file.
+    """
     paths = list(paths)
     run_dirs = find_run_dirs(paths)
     if not run_dirs:
         raise UserError(f"no run directories (config.json + TensorBoard events) under {', '.join(map(str, paths))}")
     runs = []
     for run_dir in run_dirs:
+        damaged = [(f, why) for f in sorted(run_dir.glob(f"{EVENTS_PREFIX}*")) if (why := events_file_problem(f))]
+        if damaged:
+            print(f"warning: skipping run {run_dir}: events file {damaged[0][0].name} is {damaged[0][1]}", file=sys.stderr)
+            continue
         cfg = read_config(run_dir)
         runs.append(Run(run_dir, str(cfg["env"]), str(cfg["model"]), cfg.get("seed"), int(cfg["n_steps"]),
                         load_scalars(run_dir)))
+    if not runs:
+        raise UserError("every run found has a damaged events file: nothing to report")
     return sorted(runs, key=lambda r: (r.env, model_rank(r.model), r.seed if r.seed is not None else -1, str(r.path)))
 
 
@@ -554,7 +594,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run directories or directories above them")
     parser.add_argument("--out", required=True, metavar="DIR", help="where report.md, report.json and the PNGs go")
     parser.add_argument("--metric-steps", type=int, default=100, metavar="N",

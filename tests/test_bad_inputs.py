@@ -73,7 +73,8 @@ VAR_CASES = [
     (["--var", "n_envs=0"], "'n_envs' must be in [1, 4096]"),
     (["--var", "n_envs=100000"], "'n_envs' must be in [1, 4096]"),
     (["--var", "n_envs=2.5"], "is not a valid int"),
-    (["--var", "n_steps=0"], "'n_steps' must be >= 1"),
+    (["--var", "n_steps=0"], "'n_steps' must be in [1, 10000000000]"),
+    (["--var", "n_steps=1e20"], "'n_steps' must be in [1, 10000000000]"),
     (["--var", "n_epochs=0"], "'n_epochs' must be in [1, 1000]"),
     (["--var", "learning_rate=0"], "'learning_rate' must be in (0, 1]"),
     (["--var", "learning_rate=2"], "'learning_rate' must be in (0, 1]"),
@@ -168,12 +169,31 @@ def test_an_experiments_dir_that_is_read_only(tmp_path, capsys, monkeypatch):
     assert not any(target.iterdir())
 
 
+def test_a_config_that_is_a_directory(tmp_path, experiments, capsys):
+    code = call_main(["--config", str(tmp_path), "--experiments-dir", str(experiments), "--no-progress"])
+    check_clean_failure(code, capsys.readouterr().err, f"config file {tmp_path} is a directory")
+    assert not experiments.exists()
+
+
 def test_settings_the_model_does_not_use_are_reported(experiments, capsys, one_thread):
     assert run_main("--var", "model=CNN-PPO", "--var", "env=CueRecall-D1-v0", "--var", "topk=3",
                     "--var", "n_steps=32", experiments=experiments) == 0
     (warning,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
-    # config.json's lm_mode=causal is reported too: it is not the default and CNN-PPO has no LM
-    assert warning == "warning: CNN-PPO does not use lm_mode='causal', topk=3; ignored"
+    # only what the user set: the default config.json's lm_mode=causal is not theirs
+    assert warning == "warning: CNN-PPO does not use topk=3; ignored"
+
+
+def test_settings_of_the_users_own_config_file_are_reported(experiments, capsys, one_thread):
+    assert run_main("--config", str(ROOT / "config.json"), "--var", "model=CNN-PPO", "--var", "env=CueRecall-D1-v0",
+                    "--var", "n_steps=32", experiments=experiments) == 0
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
+    assert warning == "warning: CNN-PPO does not use lm_mode='causal'; ignored"
+
+
+def test_a_plain_run_of_a_baseline_warns_about_nothing(experiments, capsys, one_thread):
+    assert run_main("--var", "model=Impala-PPO", "--var", "env=CueRecall-D1-v0", "--var", "n_steps=32",
+                    experiments=experiments) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 # -- --resume ----------------------------------------------------------------------------------
@@ -200,7 +220,8 @@ RESUME_CASES = [
     (["--run-id", "other"], "--run-id would make it another run"),
     (["--experiments-dir", "elsewhere"], "--experiments-dir would make it another run"),
     (["--var", "learning_rate=1e-3"], "--resume accepts only --var n_steps, device, torch_threads; not learning_rate"),
-    (["--var", "n_steps=0"], "'n_steps' must be >= 1"),
+    (["--var", "n_steps=0"], "'n_steps' must be in [1, 10000000000]"),
+    (["--var", "n_steps=1e20"], "'n_steps' must be in [1, 10000000000]"),
     (["--var", "n_steps=32"], "already at step 64 of n_steps=32"),
     (["--var", "device=tpu"], "is not one of"),
 ]
@@ -264,7 +285,29 @@ def test_resume_records_what_changed(finished_run, tmp_path, capsys, one_thread)
     run = _copy(finished_run, tmp_path)
     assert call_main(["--resume", str(run), "--var", "n_steps=96", "--no-progress"]) == 0
     assert json.loads((run / "config.json").read_text())["n_steps"] == 96
-    assert "resume: n_steps 64 -> 96" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resume: n_steps 64 -> 96" in err and "resuming from step 64 of 96" in err
+
+
+def test_resume_accepts_the_checkpoint_file_and_refuses_the_best(finished_run, tmp_path, capsys, one_thread):
+    run = _copy(finished_run, tmp_path)
+    assert call_main(["--resume", str(run / "ckpt_last.pt"), "--var", "n_steps=96", "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["n_steps"] == 96
+    capsys.readouterr()
+    before = snapshot(run)
+    code = call_main(["--resume", str(run / "ckpt_best.pt"), "--var", "n_steps=128", "--no-progress"])
+    check_clean_failure(code, capsys.readouterr().err, "--resume takes a run directory")
+    assert snapshot(run) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_resume_that_fails_records_and_claims_nothing(finished_run, tmp_path, capsys):
+    run = _copy(finished_run, tmp_path)
+    before = snapshot(run)
+    code = call_main(["--resume", str(run), "--var", "n_steps=96", "--var", "device=cuda", "--no-progress"])
+    err = capsys.readouterr().err
+    check_clean_failure(code, err, "no CUDA device")
+    assert "recorded" not in err and snapshot(run) == before
 
 
 def test_real_process_reports_one_line(tmp_path):

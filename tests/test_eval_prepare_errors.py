@@ -111,8 +111,8 @@ def test_eval_refuses(files, capsys, argv, expected):
 def test_eval_refuses_cuda_without_a_gpu(files, capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is available")
-    check_refused(evaluate.main, ["--ckpt-path", "{run}", "--device", "cuda", "--out", "{root}/new"], "no CUDA device",
-                  files, capsys)
+    check_refused(evaluate.main, ["--ckpt-path", "{run}", "--device", "cuda", "--out", "{root}/new"],
+                  "no CUDA device is available; use --device cpu or auto", files, capsys)
 
 
 def test_eval_names_a_config_key_the_checkpoint_lacks(files, capsys, monkeypatch):

@@ -160,3 +160,38 @@ def test_sample_efficiency(built, fake_runs, tmp_path):
     assert all(r["steps"] == [None] for r in steps["CNN-PPO"])
     text = (out / "report.md").read_text()
     assert "### Sample efficiency" in text and "| HELM | 1 | 500 |" in text and "| CNN-PPO | 1 | – |" in text
+
+
+def test_a_damaged_events_file_skips_its_run_with_one_line(fake_runs, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(fake_runs, root)
+    (events,) = (root / "HELM" / ENV / "seed1").glob("events.out.tfevents.*")
+    data = events.read_bytes()
+    events.write_bytes(data[:40] + b"garbage" + data[47:])  # the same length, one record damaged
+    assert report.main([str(root), "--out", str(tmp_path / "out"), *REPS]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipping run {root / 'HELM' / ENV / 'seed1'}: events file {events.name} is damaged" in err
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["envs"][ENV]["models"]["HELM"]["runs"] == 2
+
+    for other in root.rglob("events.out.tfevents.*"):  # nothing intact left: an error, not an empty report
+        other.write_bytes(b"\x00" * 64)
+    assert report.main([str(root), "--out", str(tmp_path / "out2"), *REPS]) == 2
+    assert "every run found has a damaged events file" in capsys.readouterr().err
+
+
+def test_a_truncated_last_record_is_not_damage(fake_runs, tmp_path):
+    (events,) = (fake_runs / "CNN-PPO" / ENV / "seed1").glob("events.out.tfevents.*")
+    cut = tmp_path / events.name
+    cut.write_bytes(events.read_bytes()[:-5])  # what a hard kill during a write leaves
+    assert report.events_file_problem(cut) is None and report.events_file_problem(events) is None
+
+
+def test_report_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["somewhere"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err

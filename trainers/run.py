@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +18,12 @@ from typing import Any
 from utils.errors import UserError
 
 
-def pick_device(name: str):
+def pick_device(name: str, fix: str = "--var device=cpu or auto"):
+    """The torch device `name` (auto: CUDA when available); `fix` is how the caller's user picks another."""
     import torch
 
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but no CUDA device is available; use --var device=cpu or auto")
+        raise UserError(f"device=cuda but no CUDA device is available; use {fix}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
@@ -147,7 +149,8 @@ RUNTIME_FILE = "runtime.json"
 
 
 def record_runtime(run_dir: Path, cfg: dict[str, Any], device, step: int) -> None:
-    """Append where this (re)start of the run executes to `runtime.json`: device and env backend.
+    """Append where this (re)start of the run executes to `runtime.json`: device and env backend
+    (and, in a sweep's trial, the Ray node id).
 
     Seeds play out differently on a GPU than on a CPU, and on EnvPool than on Python envs, so a
     report must know whether a run moved between them (`report.py` says so).
@@ -164,14 +167,18 @@ def record_runtime(run_dir: Path, cfg: dict[str, Any], device, step: int) -> Non
     except (OSError, ValueError, KeyError, TypeError):
         segments = []  # an unreadable record is replaced, never a reason to stop training
     name = str(device) if device.type != "cuda" else f"cuda ({torch.cuda.get_device_name(device)})"
-    segments.append({
+    segment = {
         "from_step": int(step),
         "device": name,
         "env_backend": env_backend(cfg["env"], cfg["vec_env"]),
         "vec_env": cfg["vec_env"],
         "torch": torch.__version__,
         "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    })
+    }
+    ray = sys.modules.get("ray")  # imported only in a sweep's trial: which node of the Ray cluster ran it
+    if ray is not None and ray.is_initialized():
+        segment["ray_node"] = ray.get_runtime_context().get_node_id()
+    segments.append(segment)
     _write_json_atomic(path, {"segments": segments})
 
 

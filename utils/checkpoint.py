@@ -102,24 +102,22 @@ def read_weights_only(path: str | Path, what: str = "checkpoint", allow: list | 
         with torch.serialization.safe_globals(list(allow)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err) or "Unsupported global" in str(err):
-            raise UserError(f"{what} {path} refers to {_unsafe_globals(path, err)}, which a {what} never holds "
+        names = _unsafe_globals(path, err)
+        if names:
+            raise UserError(f"{what} {path} refers to {', '.join(names)}, which a {what} never holds "
                             "(loading it could run code): refused") from None
         raise UserError(f"{what} {path} is corrupt or unreadable ({type(err).__name__})") from None
     except Exception as err:  # torch raises many kinds for a damaged file
         raise UserError(f"{what} {path} is corrupt or unreadable ({type(err).__name__})") from None
 
 
-def _unsafe_globals(path: Path, err: Exception) -> str:
-    """The globals a refused pickle names, read without executing it ('code' when they cannot be read)."""
+def _unsafe_globals(path: Path, err: Exception) -> list[str]:
+    """The globals a refused pickle names (read without executing it); [] when it names none: damage."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:
-        names = []
-    if not names:
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        names = [found.group(1)] if found else []
-    return ", ".join(sorted(set(names))[:3]) or "code"
+    except Exception:  # a legacy-format or damaged file: the error message names the global, if any
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err))
+    return sorted(set(names))[:3]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -172,6 +172,8 @@ def parse_cli_value(name: str, text: str) -> Any:
 
 def load_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"config file {path} is a directory; give a JSON file such as {path / 'config.json'}")
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
@@ -193,8 +195,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve(config_file: str | Path, overrides: list[str], warn: bool = True) -> dict[str, Any]:
-    """Defaults < config file < ``--var`` overrides; with `warn`, settings the model ignores are reported."""
+def resolve(config_file: str | Path, overrides: list[str], warn: bool = True, users_file: bool = True) -> dict[str, Any]:
+    """Defaults < config file < ``--var`` overrides; with `warn`, settings the model ignores are reported.
+
+    Only what the user set is reported: the `--var`s, and the file's keys when it is their file
+    (`users_file`), not the project's default config.json that a plain `python main.py` reads.
+    """
     cfg = defaults()
     from_file = load_file(config_file)
     from_cli = parse_overrides(overrides)
@@ -202,7 +208,7 @@ def resolve(config_file: str | Path, overrides: list[str], warn: bool = True) ->
     cfg.update(from_cli)
     validate(cfg)
     if warn:
-        warn_unused(cfg, set(from_file) | set(from_cli))
+        warn_unused(cfg, (set(from_file) if users_file else set()) | set(from_cli))
     return cfg
 
 
@@ -219,6 +225,7 @@ MODEL_KEYS: dict[str, tuple[str, ...]] = {
 AGENT_KEYS = frozenset(k for keys in MODEL_KEYS.values() for k in keys)
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeds are 32-bit; gymnasium and torch accept more
+N_STEPS_MAX = 10**10  # 400x the papers' largest budget (Procgen, 25M): a larger value is a typo
 
 # (key, low, high, low inclusive, high inclusive); None: unbounded on that side
 RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
@@ -227,7 +234,7 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("best_min_episodes", 1, 100, True, True),
     ("ckpt_last_every_s", 0, 86_400, True, True),
     ("n_envs", 1, 4096, True, True),
-    ("n_steps", 1, None, True, True),
+    ("n_steps", 1, N_STEPS_MAX, True, True),
     ("n_rollout_steps", 1, 100_000, True, True),
     ("n_epochs", 1, 1000, True, True),
     ("n_batches", 1, None, True, True),
