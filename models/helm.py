@@ -9,7 +9,7 @@ the PPO update never runs the language model.
 
 from __future__ import annotations
 
-import warnings
+import sys
 from collections import deque
 
 import torch
@@ -21,6 +21,7 @@ from models.frozen_hopfield import FrozenHopfield
 from models.memory import build_memory
 from models.networks import ActorCritic, SmallImpalaCNN
 from utils.errors import UserError
+from utils.hub import first_line
 
 TEXT_STEPS = 32  # env 0's most recent steps that `step_text` shows
 WORD_CACHE_SIZE = 65536  # distinct memory inputs whose nearest token is remembered (eval traces, text logs)
@@ -161,10 +162,15 @@ class LMMemoryAgent(Agent):
             reason = "none available"
             try:
                 self._tokenizer = self.memory.tokenizer() or False
+            except UserError as err:  # e.g. a refused vocab.pkl: its message names the file and why
+                reason = first_line(err)
             except Exception as err:  # any failure just means we show token ids
-                reason = type(err).__name__
+                text = first_line(err)
+                reason = text if text == type(err).__name__ else f"{type(err).__name__}: {text}"
             if self._tokenizer is False:
-                warnings.warn(f"no tokenizer for LM {self.lm_name!r} ({reason}); memory tokens shown as ids")
+                # one line on stderr, like the other warnings (a Python warning prints its source line too)
+                print(f"warning: no tokenizer for LM {self.lm_name!r} ({reason}); memory tokens shown as ids",
+                      file=sys.stderr)
         return self._tokenizer or None
 
     def _record(self, items: torch.Tensor, episode_start: torch.Tensor) -> None:

@@ -40,6 +40,9 @@ The memory (what `TransfoXLMemory` keeps)
 
 from __future__ import annotations
 
+import _compat_pickle
+import builtins
+import collections
 import dataclasses
 import json
 import math
@@ -672,29 +675,152 @@ def _read_weights(path: str) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 # Vocabulary
 # ----------------------------------------------------------------------------------------------
+#
+# Real vocab.pkl files come in two formats, and neither is plain data:
+# * the hub's (transfo-xl/transfo-xl-wt103): a legacy (non-zip) `torch.save` stream of the
+#   original Transformer-XL vocabulary's attributes (builtins, Counter, OrderedDict);
+# * transformers' own saves (`save_pretrained`, up to 4.37): `pickle.dump(tokenizer.__dict__)`,
+#   which also holds compiled regexes, sacremoses tokenizers, `tokenizers.AddedToken`s and a Trie.
+# Both are read by one restricted unpickler: plain data is rebuilt, the few known tokenizer
+# objects become inert placeholders (nothing is imported or called), and any other global is
+# refused. Only idx2sym / sym2idx / special are used.
 
 _SAFE_BUILTINS = frozenset(
     {"dict", "list", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float", "complex", "bool", "slice"}
 )
 _SAFE_COLLECTIONS = frozenset({"OrderedDict", "Counter", "defaultdict", "deque"})
+# Globals that real vocabulary files reference but whose objects we never need: each is replaced
+# by an inert placeholder. transformers 4.37.2's vocab.pkl references the first six; releases
+# before 4.34 had their own AddedToken class; protocol 0/1 pickles rebuild objects through
+# copyreg._reconstructor(cls, object, state).
+_INERT_GLOBALS = frozenset(
+    {
+        ("re", "_compile"),
+        ("sacremoses.normalize", "MosesPunctNormalizer"),
+        ("sacremoses.tokenize", "MosesTokenizer"),
+        ("sacremoses.tokenize", "MosesDetokenizer"),
+        ("tokenizers", "AddedToken"),
+        ("transformers.tokenization_utils", "Trie"),
+        ("transformers.tokenization_utils_base", "AddedToken"),
+        ("copyreg", "_reconstructor"),
+        ("builtins", "object"),
+    }
+)
+_LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a legacy torch.save file
+_LEGACY_TORCH_PROTOCOL = 1001
+
+
+class _Inert:
+    """Stands in for an allow-listed object of a vocabulary file: keeps what the file says about it
+    (constructor arguments, state, items) as data and never runs any of the real class's code."""
+
+    _origin = "?"
+
+    def __new__(cls, *args, **kwargs):
+        self = object.__new__(cls)
+        self.__dict__.update(args=args, kwargs=kwargs, state=None, items=[])
+        return self
+
+    def __init__(self, *args, **kwargs) -> None:  # called by REDUCE; __new__ kept everything
+        pass
+
+    def __setstate__(self, state) -> None:  # BUILD
+        self.__dict__["state"] = state
+
+    def append(self, item) -> None:  # APPEND(S)
+        self.items.append(item)
+
+    def extend(self, items) -> None:
+        self.items.extend(items)
+
+    def add(self, item) -> None:  # ADDITEMS
+        self.items.append(item)
+
+    def __setitem__(self, key, value) -> None:  # SETITEM(S)
+        self.items.append((key, value))
+
+    def __repr__(self) -> str:
+        return f"<inert {self._origin}>"
+
+
+_INERT_TYPES: dict[tuple[str, str], type] = {
+    key: type(f"Inert_{key[1]}", (_Inert,), {"_origin": ".".join(key), "__module__": __name__}) for key in _INERT_GLOBALS
+}
+
+
+def _printable(text: str) -> str:
+    """`text` itself, or its repr when it holds newlines or other control characters (messages stay one line)."""
+    return text if text.isprintable() else repr(text)
+
+
+def _py3_name(module: str, name: str) -> tuple[str, str]:
+    """The Python 3 name of a global: protocol 0-2 pickles written by Python 3 still use Python 2's
+    names (__builtin__.set, copy_reg._reconstructor, commands.Popen for subprocess.Popen)."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 class _VocabUnpickler(pickle.Unpickler):
-    """Unpickles plain data only: builtin containers and scalars and `collections` containers."""
+    """Unpickles plain data (builtin and `collections` containers and scalars) and inert
+    placeholders for `_INERT_GLOBALS`; refuses every other global and any persistent id (tensors)."""
 
     def __init__(self, file, path: str) -> None:
         super().__init__(file)
         self._path = path
 
     def find_class(self, module: str, name: str):
-        allowed = (module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS) or (
-            module == "collections" and name in _SAFE_COLLECTIONS
+        key = _py3_name(module, name)
+        if key in _INERT_TYPES:
+            return _INERT_TYPES[key]
+        if key[0] == "builtins" and key[1] in _SAFE_BUILTINS:
+            return getattr(builtins, key[1])
+        if key[0] == "collections" and key[1] in _SAFE_COLLECTIONS:
+            return getattr(collections, key[1])
+        raise UserError(
+            f"refusing to unpickle {_printable('.'.join(key))} from {self._path}: "
+            "a vocabulary may hold only plain data and the tokenizer objects transformers saves"
         )
-        if not allowed:
-            raise UserError(
-                f"refusing to unpickle {module}.{name} from {self._path}: vocab.pkl may hold only builtins and collections"
-            )
-        return super().find_class("builtins" if module == "__builtin__" else module, name)
+
+    def persistent_load(self, pid):
+        raise UserError(f"vocabulary {self._path} holds tensor data (a persistent id); a word vocabulary has none")
+
+
+def _unpickle(f, path: str):
+    return _VocabUnpickler(f, path).load()
+
+
+def _read_vocab_file(path: str):
+    """The object a vocabulary file holds: a plain pickle, a legacy torch.save stream, or a zip torch.save archive."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return _read_torch_zip(path)
+        f.seek(0)
+        obj = _unpickle(f, path)
+        if type(obj) is not int or obj != _LEGACY_TORCH_MAGIC:
+            return obj
+        # legacy torch.save: magic, protocol version, sys info, the object, storage keys, storages
+        protocol = _unpickle(f, path)
+        if protocol != _LEGACY_TORCH_PROTOCOL:
+            raise UserError(f"vocabulary {path} is a torch.save file of unknown protocol {_printable(repr(protocol))}")
+        _unpickle(f, path)  # sys info: endianness and type sizes, which plain data does not depend on
+        obj = _unpickle(f, path)
+        storage_keys = _unpickle(f, path)
+        if storage_keys:
+            raise UserError(f"vocabulary {path} holds tensor storages; a word vocabulary has none")
+        return obj
+
+
+def _read_torch_zip(path: str):
+    """The object of a zip torch.save archive, read from its data.pkl by the same restricted unpickler."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(names) != 1:
+            raise UserError(f"vocabulary {path} is a zip file but not a torch.save archive (no single */data.pkl)")
+        with archive.open(names[0]) as f:
+            return _unpickle(f, path)
 
 
 class TransfoXLVocab:
@@ -729,16 +855,10 @@ class TransfoXLVocab:
 
 
 def load_vocab(path: str) -> TransfoXLVocab:
-    """Read a vocab.pkl (restricted unpickler) or vocab.bin (torch weights-only load)."""
+    """Read a vocab.pkl / vocab.bin: a plain pickle (transformers' save), a legacy torch.save
+    stream (the hub's) or a zip torch.save archive, all through `_VocabUnpickler`, never torch.load."""
     try:
-        if path.endswith(".bin"):
-            from collections import Counter, OrderedDict, defaultdict
-
-            with torch.serialization.safe_globals([OrderedDict, Counter, defaultdict]):
-                data = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            with open(path, "rb") as f:
-                data = _VocabUnpickler(f, path).load()
+        data = _read_vocab_file(path)
     except UserError:
         raise
     except Exception as err:

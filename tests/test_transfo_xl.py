@@ -333,8 +333,14 @@ class Exploit:
         return (os.system, ("echo pwned",))
 
 
-def test_vocab_pickle_loads(model_dir):
-    vocab = load_vocab(str(model_dir / "vocab.pkl"))
+@pytest.mark.parametrize("protocol", [None, 0, 2])
+def test_vocab_pickle_loads(model_dir, tmp_path, protocol):
+    """A plain-data pickle, also in the older protocols (Python 2 module names such as __builtin__.set)."""
+    path = model_dir / "vocab.pkl"
+    if protocol is not None:
+        path = tmp_path / "vocab.pkl"
+        path.write_bytes(pickle.dumps(pickle.loads((model_dir / "vocab.pkl").read_bytes()), protocol=protocol))
+    vocab = load_vocab(str(path))
     assert len(vocab) == 200
     assert vocab.get_vocab()["door"] == 3
     assert vocab.decode([2, 3]) == "the door" and vocab.decode([4]) == "key"
@@ -346,7 +352,7 @@ def test_vocab_pickle_loads(model_dir):
 def test_vocab_unpickler_refuses_code(tmp_path, payload):
     path = tmp_path / "vocab.pkl"
     path.write_bytes(pickle.dumps(payload))
-    with pytest.raises(UserError, match=r"refusing to unpickle .* vocab\.pkl may hold only builtins and collections"):
+    with pytest.raises(UserError, match=r"refusing to unpickle .*/vocab\.pkl: a vocabulary may hold only plain data"):
         load_vocab(str(path))
 
 

@@ -116,7 +116,12 @@ def trxl_words(n: int) -> list[str]:
 
 
 def make_vocab_pickle(path, words: list[str]) -> None:
-    """What transformers' TransfoXLTokenizer saved as vocab.pkl: its attributes (builtins and collections only)."""
+    """A vocab.pkl of plain data only (builtins and collections), the simplest file load_vocab reads.
+
+    Not what real files are: the hub's vocab.pkl is a legacy torch.save stream, and transformers'
+    save_pretrained pickles the tokenizer's __dict__ with regex, sacremoses, tokenizers and
+    transformers objects (tests/fixtures/trxl_vocab_*.pkl, made by tests/make_trxl_vocab_fixtures.py).
+    """
     import collections
     import pickle
 
