@@ -14,7 +14,8 @@ finished trials and continues the others from their `ckpt_last.pt`.
 Seeds are 1..N for `--seeds N` (or `--seed-list 7,8,9`). Each trial uses `--cpus-per-trial` CPUs
 (default 1, with `torch_threads=1` unless the config sets it) and `--gpus-per-trial` GPUs, and Ray
 runs as many at once as the machine (or cluster) has room for. `--address` joins a running Ray
-cluster (`ray start --head` on one machine, `ray start --address=HEAD:6379` on the others).
+cluster (`ray start --head --port=6379` on one machine, `ray start --address=HEAD:6379` on the
+others, all with one RAY_AUTH_TOKEN, and one --experiments-dir that every machine shares: README).
 """
 
 from __future__ import annotations
@@ -229,7 +230,10 @@ def start_ray(address: str | None):
         else:
             ray.init(include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {str(err).splitlines()[0]}") from None
+        reason = str(err).splitlines()[0]
+        if "InvalidAuthToken" in str(err.__cause__):  # Ray turns token auth on for a head that finds ~/.ray/auth_token
+            reason += "; the cluster wants a token: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or ~/.ray/auth_token) as on its nodes"
+        raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {reason}") from None
     return ray
 
 
