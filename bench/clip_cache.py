@@ -50,11 +50,16 @@ threads can be much slower than 1 for the small ops of a cached step. Part 1 run
 
     python bench/clip_cache.py                               # both parts: ~3 min on 2 idle cores, ~6-7 min under load
     python bench/clip_cache.py --only cache --steps 20000    # part 1 only
+    python bench/clip_cache.py --smoke                       # seconds: tiny CLIP and LM, writes nothing
+
+``--smoke`` runs both parts end to end with the tests' tiny CLIP, a tiny GPT-2 memory, 4 envs and
+8-step rollouts: it checks that the script still fits the code, not the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -73,8 +78,15 @@ for path in (str(ROOT), str(ROOT / "tests")):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench import smoke  # noqa: E402
+
 ENV_ID = "MiniGrid-MemoryS7-v0"
 ROLLOUT = 128  # the trainer's n_rollout_steps (config.json): one GAE peek per this many vector steps
+SMOKE_DEFAULTS = {  # --smoke: every loop runs, on tiny sizes (explicit options still win)
+    "envs": 4, "steps": 64, "warmup_steps": 32, "oracle_steps": 32, "prefill_steps": 32,
+    "thread_check_steps": 4, "nocache_steps": 2, "threads": 1, "mem_len": smoke.MEM_LEN,
+}
+SMOKE_ROLLOUT = 8
 VIT_B16_DIM = 512  # ViT-B/16's projection dim, for the memory estimate
 
 
@@ -141,7 +153,8 @@ class ShortestPathPolicy:
         return 2  # unreachable goal: cannot happen in MemoryEnv
 
     def __call__(self, rng) -> np.ndarray:
-        return np.array([self._first_action(e.unwrapped) for e in self.envs.envs])
+        # the sub-envs of the SyncVectorEnv under make_env's wrappers (the atlas renderer's RenderViews)
+        return np.array([self._first_action(e.unwrapped) for e in self.envs.unwrapped.envs])
 
 
 def cache_run(policy_name: str, steps: int, checkpoints: list[int], n_envs: int, cache_size: int, seed: int) -> dict:
@@ -278,14 +291,15 @@ def write_random_database(clip_dir: Path, lm: str, path: Path, dim: int, seed: i
     return len(words)
 
 
-def make_cfg(model: str, clip_dir: Path, db_path: Path, cache_size: int, n_envs: int, rollout: int, seed: int) -> dict:
+def make_cfg(model: str, clip_dir: Path, db_path: Path, cache_size: int, n_envs: int, rollout: int, seed: int,
+             lm: str = "minilm", mem_len: int = 511) -> dict:
     from utils import config as config_lib
 
     cfg = config_lib.defaults()
     # config.json's values for the keys this checkout knows (other engineers may be adding keys).
     raw = json.loads((ROOT / "config.json").read_text())
     cfg.update({k: config_lib.coerce(k, v) for k, v in raw.items() if k in config_lib.SCHEMA})
-    cfg.update(lm="minilm", lm_mode="causal", mem_len=511, lm_layers=None, torch_threads=None)
+    cfg.update(lm=lm, lm_mode="causal", mem_len=mem_len, lm_layers=None, torch_threads=None)
     cfg = {k: v for k, v in cfg.items() if k in config_lib.SCHEMA}
     cfg.update(env=ENV_ID, model=model, seed=seed, device="cpu", save_ckpt=False, n_envs=n_envs,
                n_rollout_steps=rollout, clip_model=str(clip_dir), clip_cache_size=cache_size,
@@ -320,11 +334,14 @@ def split(timers: dict, wall: float) -> dict:
 
 
 def train_cache_on(model: str, clip_dir: Path, db_path: Path, args, warm_cache=None) -> tuple[dict, object]:
-    cfg = make_cfg(model, clip_dir, db_path, args.train_cache_size, args.envs, ROLLOUT, args.seed)
+    """Train with the feature cache on; ``warm_cache`` (a ``FrameCache``) is copied in first."""
+    cfg = make_cfg(model, clip_dir, db_path, args.train_cache_size, args.envs, ROLLOUT, args.seed,
+                   args.lm, args.mem_len)
     trainer, build_s = build(cfg)
     enc = trainer.agent.image_encoder
     if warm_cache is not None:
-        enc._cache.update((key, value.clone()) for key, value in warm_cache.items())
+        enc.cache = copy.deepcopy(warm_cache)
+        enc.cache.reset_stats()  # count this model's own hits and misses only
     copied = enc.cache_len()
     per_rollout = args.envs * ROLLOUT
     res = {"model": model, "cache": "on", "clip_cache_size": args.train_cache_size, "build_s": build_s,
@@ -401,7 +418,7 @@ def act_thread_check(trainer, steps: int, threads: int) -> dict:
 
 def rollout_cache_off(model: str, clip_dir: Path, db_path: Path, args, to_tokens_state=None) -> dict:
     k = args.nocache_steps
-    cfg = make_cfg(model, clip_dir, db_path, 0, args.envs, k, args.seed)
+    cfg = make_cfg(model, clip_dir, db_path, 0, args.envs, k, args.seed, args.lm, args.mem_len)
     trainer, build_s = build(cfg)
     agent = trainer.agent
     if to_tokens_state is not None:  # HELMv2: reuse the fixed statistics instead of re-estimating them uncached
@@ -443,10 +460,15 @@ def run_train_part(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="clip_cache_bench_") as tmp:
         tmp = Path(tmp)
         tick = time.perf_counter()
-        clip_dir = save_vit_b16_clip(tmp / "clip-vit-b16-random", args.clip_layers)
+        if args.smoke:
+            clip_dir = Path(smoke.tiny_clip(tmp / "clip-tiny"))
+            args.lm = smoke.tiny_lm(tmp / "lm-tiny")
+        else:
+            clip_dir = save_vit_b16_clip(tmp / "clip-vit-b16-random", args.clip_layers)
         out["clip_save_s"] = time.perf_counter() - tick
         db_path = tmp / "semantic_db.pt"
-        out["db_words"] = write_random_database(clip_dir, "minilm", db_path, VIT_B16_DIM, args.seed)
+        dim = int(json.loads((clip_dir / "config.json").read_text())["projection_dim"])
+        out["db_words"] = write_random_database(clip_dir, args.lm, db_path, dim, args.seed)
         print(f"[train] CLIP saved in {out['clip_save_s']:.0f} s; database of {out['db_words']} words",
               file=sys.stderr, flush=True)
         warm_cache, to_tokens_state = None, None
@@ -457,10 +479,10 @@ def run_train_part(args) -> dict:
             on_rows[model] = res
             out["rows"].append(res)
             if model == "HELMv2":
-                warm_cache = trainer.agent.image_encoder._cache
+                warm_cache = trainer.agent.image_encoder.cache
                 to_tokens_state = {k: v.clone() for k, v in trainer.agent.to_tokens.state_dict().items()}
             elif warm_cache is None:
-                warm_cache = trainer.agent.image_encoder._cache
+                warm_cache = trainer.agent.image_encoder.cache
             trainer.envs.close()
             del trainer
         if args.nocache_steps > 0:
@@ -496,6 +518,8 @@ def markdown(result: dict, command: str) -> str:
     lines = [
         "# CLIP feature cache: hit rate and HELMv2/SHELM training speed",
         "",
+        *(["**Smoke run: tiny CLIP and LM, tiny sizes; the numbers mean nothing.**", ""]
+          if result["args"].get("smoke") else []),
         f"- date: {result['date']}",
         f"- machine: {result['machine']['cpu']}, {result['machine']['cpus']} CPUs, torch {result['machine']['torch']} "
         f"with {result['machine']['torch_threads']} threads; **shared** with other processes that come and go (a background learning benchmark on ~2 cores, other engineers' jobs), so timings depend on the load: load averages are given per row. "
@@ -634,8 +658,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-threads", type=int, default=1,
                         help="torch threads of part 1 (tiny CLIP: 2 threads on the contended CPU are ~100x slower)")
     parser.add_argument("--clip-layers", type=int, default=12, help="ViT layers of part 2's CLIP (12; fewer only for smoke tests)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "clip_cache"), help="writes OUT.md and OUT.json")
+    parser.add_argument("--lm", default="minilm", help="part 2's memory LM (minilm: the offline MiniLM)")
+    parser.add_argument("--mem-len", type=int, default=511, help="part 2's memory length")
+    parser.add_argument("--out", default=None,
+                        help="writes OUT.md and OUT.json (default: bench/results/clip_cache; nothing with --smoke)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny CLIP and LM, tiny sizes, seconds: checks that this script still runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        global ROLLOUT
+        ROLLOUT = SMOKE_ROLLOUT
+        parser.set_defaults(**SMOKE_DEFAULTS)
+        args = parser.parse_args(argv)
+    elif args.out is None:
+        args.out = str(ROOT / "bench" / "results" / "clip_cache")
 
     torch.set_num_threads(args.threads)
     from models import _quiet_transformers
@@ -658,11 +694,13 @@ def main(argv: list[str] | None = None) -> int:
         result["train"] = run_train_part(args)
     result["load_end"] = load_avg()
     result["total_s"] = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result, command.strip()))
-    print(out.with_suffix(".md").read_text())
+    report = markdown(result, command.strip())
+    if args.out is not None:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+        out.with_suffix(".md").write_text(report)
+    print(report)
     return 0
 
 

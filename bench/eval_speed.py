@@ -14,6 +14,11 @@ seed, with ``--random`` so that both play the same episodes.
 
     python bench/eval_speed.py                                     # writes bench/results/eval_speed.json
     python bench/eval_speed.py --ckpt-path RUN_DIR --policies deterministic --n-envs 1 8 0
+    python bench/eval_speed.py --smoke       # seconds: a tiny HELM checkpoint, 2 episodes, writes nothing
+
+``--smoke`` trains its checkpoint with a tiny GPT-2 memory for 16 steps and times one row of 2
+episodes (deterministic, eval.py's default --n-envs); without ``--before-tree`` it says that it
+skipped that comparison.
 """
 
 from __future__ import annotations
@@ -30,16 +35,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import smoke  # noqa: E402
 
 
 def env_one_thread() -> dict[str, str]:
     return os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def train_checkpoint(tree: Path, experiments: Path) -> Path:
-    """One update of HELM with config.json's settings, trained by `tree`'s own main.py."""
-    cmd = [sys.executable, str(tree / "main.py"), "--var", "n_steps=2048", "--var", "torch_threads=1",
-           "--run-id", "bench", "--experiments-dir", str(experiments), "--no-progress"]
+def train_checkpoint(tree: Path, experiments: Path, extra_vars: dict | None = None) -> Path:
+    """One update of HELM with config.json's settings (and ``extra_vars``), trained by `tree`'s own main.py."""
+    variables = {"n_steps": 2048, "torch_threads": 1, **(extra_vars or {})}
+    cmd = [sys.executable, str(tree / "main.py"), "--run-id", "bench", "--experiments-dir", str(experiments),
+           "--no-progress", *(x for k, v in variables.items() for x in ("--var", f"{k}={v}"))]
     subprocess.run(cmd, cwd=tree, env=env_one_thread(), check=True, capture_output=True, text=True)
     (ckpt,) = experiments.glob("*/*/bench/ckpt_last.pt")
     return ckpt
@@ -72,16 +81,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--policies", nargs="+", default=["random", "deterministic"], choices=("random", "deterministic"))
     parser.add_argument("--n-envs", nargs="+", type=int, default=[1, 8, 0], help="0: eval.py's default")
     parser.add_argument("--before-tree", help="another checkout to time with --random on its own checkpoint")
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "eval_speed.json"))
+    parser.add_argument("--json", default=None, help="default: bench/results/eval_speed.json; none with --smoke")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny HELM checkpoint and 2 episodes per row, seconds: checks that this script still runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(episodes=2, policies=["deterministic"], n_envs=[0])
+        args = parser.parse_args(argv)
+    elif args.json is None:
+        args.json = str(ROOT / "bench" / "results" / "eval_speed.json")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ckpt = Path(args.ckpt_path) if args.ckpt_path else train_checkpoint(ROOT, tmp / "experiments")
+        extra_vars = None
+        if args.smoke:
+            extra_vars = {**smoke.TINY_TRAINER, "n_steps": 16, "lm": smoke.tiny_lm(tmp / "lm"), "mem_len": smoke.MEM_LEN}
+            if not args.before_tree:
+                smoke.note("skipped the --before-tree comparison (no older checkout given)")
+        ckpt = Path(args.ckpt_path) if args.ckpt_path else train_checkpoint(ROOT, tmp / "experiments", extra_vars)
         if args.before_tree:
             before = Path(args.before_tree).resolve()
-            before_ckpt = train_checkpoint(before, tmp / "experiments-before")
+            before_ckpt = train_checkpoint(before, tmp / "experiments-before", extra_vars)
             for n_envs in args.n_envs:
                 result = time_eval(before, before_ckpt, "random", n_envs, tmp / f"before-{n_envs}", args.episodes)
                 rows.append({"code": f"before: {git_describe(before)}", "policy": "random", "n_envs": n_envs, **result})
@@ -102,9 +123,10 @@ def main(argv: list[str] | None = None) -> dict:
                   "load_average": os.getloadavg(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return result
 
 

@@ -15,6 +15,11 @@ replaced by a random-weight model of the same size; speed does not depend on the
   and the largest deviation from fp32 relative to the output's scale.
 
     python bench/gpu_check.py --out bench/results/gpu_check.json
+    python bench/gpu_check.py --smoke          # seconds, any machine: tiny models on the CPU, writes nothing
+
+``--smoke`` runs every row and the precision check with tiny models (a 2-layer GPT-NeoX, the tests'
+tiny Transformer-XL and CLIP), 2 envs x 8 steps and one timed update, on the CPU; it exits 1 if any
+row failed, so that it catches a script that no longer fits the code.
 """
 
 from __future__ import annotations
@@ -65,9 +70,18 @@ def save_transfo_xl(directory: Path) -> str:
 
 
 def save_vit_b16_clip(directory: Path) -> str:
+    """ViT-B/16-sized CLIP with random weights (the tests' tiny CLIP with --smoke)."""
+    if TINY:
+        from bench import smoke
+
+        return smoke.tiny_clip(directory)
     from bench.clip_cache import save_vit_b16_clip as save
 
-    return str(save(directory, vision_layers=1 if TINY else 12))
+    return str(save(directory))
+
+
+def clip_projection_dim(clip_dir: str) -> int:
+    return int(json.loads((Path(clip_dir) / "config.json").read_text())["projection_dim"])
 
 
 def write_random_database(clip_dir: str, lm_dir: str, path: Path, n_words: int = 20_000, dim: int = 512) -> str:
@@ -92,6 +106,10 @@ def train_speed(model: str, overrides: dict, updates: int, rollout: int = 128) -
     cfg = defaults()
     cfg.update(env=ENV_ID, model=model, seed=1, device=DEVICE, save_ckpt=False, n_envs=16, n_rollout_steps=rollout,
                n_epochs=3, n_batches=8, n_steps=10**9)
+    if TINY:
+        from bench import smoke
+
+        cfg.update(smoke.TINY_TRAINER)
     cfg.update(overrides)
     validate(cfg)
     trainer = build_trainer(cfg, run_dir=None)
@@ -127,6 +145,8 @@ def train_speed(model: str, overrides: dict, updates: int, rollout: int = 128) -
 
 
 def time_call(fn, repeats: int = 20) -> float:
+    if TINY:
+        repeats = 2
     for _ in range(3):
         fn()
     sync()
@@ -154,7 +174,8 @@ def precision(lm_dir: str, clip_dir: str) -> dict:
         x = emb[torch.randint(0, emb.shape[0], (16,), generator=gen).to(emb.device)]
         ref = memory.peek(x, starts)
         clip = load_clip(clip_dir).to(device)
-        frames = torch.rand(16, 3, 224, 224, device=device)
+        side = int(clip.config.vision_config.image_size)  # 224 for ViT-B/16
+        frames = torch.rand(16, 3, side, side, device=device)
         clip_ref = clip(frames) if not hasattr(clip, "get_image_features") else clip.get_image_features(pixel_values=frames)
         clip_fn = (lambda: clip(frames)) if not hasattr(clip, "get_image_features") else \
             (lambda: clip.get_image_features(pixel_values=frames))
@@ -189,14 +210,25 @@ def main(argv: list[str] | None = None) -> int:
     global DEVICE, TINY
     if args.smoke:
         DEVICE, TINY = "cpu", True
+        parser.set_defaults(updates=1)
+        args = parser.parse_args(argv)
     elif not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 1
     result = {"device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)", "torch": torch.__version__, "train": [], "errors": []}
-    tmp = Path(tempfile.mkdtemp(prefix="helm-gpu-"))
+    with tempfile.TemporaryDirectory(prefix="helm-gpu-") as tmp:
+        run_all(args, result, Path(tmp))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(summary(result))
+    return 1 if args.smoke and result["errors"] else 0
+
+
+def run_all(args, result: dict, tmp: Path) -> None:
+    """Every training row, then the precision check; a failure is recorded and the rest still run."""
     lm_dir = save_pythia_410m_sized(tmp / "pythia410m")
     clip_dir = save_vit_b16_clip(tmp / "clip")
-    db = write_random_database(clip_dir, lm_dir, tmp / "db.pt")
+    db = write_random_database(clip_dir, lm_dir, tmp / "db.pt", dim=clip_projection_dim(clip_dir))
     lm = {"lm": lm_dir, "lm_mode": "causal", "mem_len": 511}
     runs = [
         ("CNN-PPO", {}), ("Impala-PPO", {"n_batches": 2}),
@@ -222,9 +254,24 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         result["errors"].append("precision: " + traceback.format_exc(limit=4))
         print(result["errors"][-1], flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+
+
+def summary(result: dict) -> str:
+    """The rows as a table, then the precision check's timings, then how many rows failed."""
+    lines = [f"device: {result['device']}", "",
+             "| model | overrides | train steps/s (mean) | env % | act % | update % | peak GPU MiB |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for row in result["train"]:
+        split = row["split_pct"]
+        overrides = ", ".join(f"{k}={Path(str(v)).name}" for k, v in row["overrides"].items())
+        peak = "-" if row["peak_gpu_mib"] is None else f"{row['peak_gpu_mib']:.0f}"
+        lines.append(f"| {row['model']} | {overrides} | {row['train_steps_per_s']:.1f} ({row['mean_train_steps_per_s']:.1f}) "
+                     f"| {split['env']:.0f} | {split['act']:.0f} | {split['update']:.0f} | {peak} |")
+    for mode, numbers in result.get("precision", {}).items():
+        lines.append(f"precision {mode}: LM step {numbers['lm_step_ms']:.2f} ms (max rel. dev. {numbers['lm_max_rel_dev']:.1e}), "
+                     f"CLIP x16 {numbers['clip16_ms']:.1f} ms (max rel. dev. {numbers['clip_max_rel_dev']:.1e})")
+    lines.append(f"{len(result['errors'])} failed")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

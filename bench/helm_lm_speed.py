@@ -10,11 +10,13 @@ minibatches), the real ``PPOTrainer`` on the CPU with one torch thread. Rollouts
 ones; train steps/s of the fastest (mean in brackets) and the time split.
 
     python bench/helm_lm_speed.py            # writes bench/results/helm_lm_speed.json
+    python bench/helm_lm_speed.py --smoke    # seconds: the tests' tiny TrXL and a tiny GPT-NeoX, writes nothing
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -54,15 +56,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--rollout", type=int, default=32)
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "helm_lm_speed.json"))
+    parser.add_argument("--json", default=None, help="default: bench/results/helm_lm_speed.json; none with --smoke")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny LMs, 2 envs, one timed update, seconds: checks that this script still runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(updates=1, rollout=8)
+        args = parser.parse_args(argv)
+    elif args.json is None:
+        args.json = str(ROOT / "bench" / "results" / "helm_lm_speed.json")
     torch.set_num_threads(1)
     gpu_check.DEVICE = "cpu"
-    cache = Path(tempfile.gettempdir())
-    lms = {
-        "Transformer-XL wt103 (ours)": save_wt103_sized_transfo_xl(cache / "helm-bench-trxl-wt103"),
-        "Pythia-410m (transformers)": gpu_check.save_pythia_410m_sized(cache / "helm-bench-pythia-410m"),
-    }
+    gpu_check.TINY = args.smoke  # tiny LMs and tiny trainer sizes
+    # The full-sized models stay in the temp directory between runs (saving them takes minutes).
+    keep = contextlib.nullcontext(tempfile.gettempdir())
+    with tempfile.TemporaryDirectory(prefix="helm-lm-speed-smoke-") if args.smoke else keep as cache:
+        cache = Path(cache)
+        lms = {
+            "Transformer-XL wt103 (ours)": gpu_check.save_transfo_xl(cache / "helm-bench-trxl-wt103"),
+            "Pythia-410m (transformers)": gpu_check.save_pythia_410m_sized(cache / "helm-bench-pythia-410m"),
+        }
+        return measure(args, lms)
+
+
+def measure(args, lms: dict[str, str]) -> dict:
     rows = []
     for label, lm in lms.items():
         print(f"HELM with {label} ...", file=sys.stderr, flush=True)
@@ -75,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
         "rollout": args.rollout, "updates_timed": args.updates, "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(), "rows": rows,
     }
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print("| memory LM | train steps/s (mean) | env % | forward % | update % |")
     print("|---|---|---|---|---|")
     for r in rows:

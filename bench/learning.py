@@ -2,11 +2,16 @@
 
     python bench/learning.py --budget 50000 --seeds 1 2 --jobs 2
     python bench/learning.py --summarise-only        # tables + plot from existing runs
+    python bench/learning.py --smoke                 # seconds: tiny runs in a temp directory
 
 Every run uses the settings of config.json (the HELM paper's default experiment) apart from
 env, model, seed and n_steps, so the agents differ only in their architecture. Runs go to
 ``bench/runs/`` (git-ignored); the summary goes to ``bench/results/learning.{json,md}`` and the
 curves to ``bench/results/learning_curves.png``.
+
+``--smoke`` runs HELM (with a tiny GPT-2 memory) and CNN-PPO for 32 steps each on CueRecall-D1-v0,
+whose 3-step episodes end within such a run, then the summary and the plot, all in a temporary
+directory: it checks that this script, main.py's options and the logged tags still fit together.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import smoke  # noqa: E402
 from bench.curves import load_scalars, plot_curves  # noqa: E402
 
 ENVS = ["MiniGrid-MemoryS7-v0", "MiniGrid-KeyCorridorS3R1-v0"]
 MODELS = ["HELM", "Impala-PPO", "CNN-PPO"]
+SMOKE_DEFAULTS = {"budget": 32, "seeds": [1], "envs": ["CueRecall-D1-v0"], "models": ["HELM", "CNN-PPO"]}
 
 
 def run_one(runs: Path, env: str, model: str, seed: int, budget: int, extra: list[str]) -> Path:
@@ -82,7 +89,7 @@ def summarise(runs: Path, out: Path) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=int, default=50_000, help="env steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
@@ -93,7 +100,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--summarise-only", action="store_true")
     parser.add_argument("--var", action="append", default=[], help="extra --var for every run")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny runs, summary and plot in a temp directory, seconds: checks that this script still runs")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        import tempfile
+
+        parser.set_defaults(**SMOKE_DEFAULTS)
+        args = parser.parse_args(argv)
+        tmp = tempfile.TemporaryDirectory(prefix="learning-smoke-")
+        args.runs, args.out = f"{tmp.name}/runs", f"{tmp.name}/results"
+        tiny = {**smoke.TINY_TRAINER, "lm": smoke.tiny_lm(Path(tmp.name) / "lm"), "mem_len": smoke.MEM_LEN,
+                "best_min_episodes": 1}
+        args.var = [f"{k}={v}" for k, v in tiny.items()] + args.var
     runs = Path(args.runs)
     extra = [x for v in args.var for x in ("--var", v)]
     if not args.summarise_only:
@@ -103,6 +122,9 @@ def main() -> None:
                 print(f"done: {run_dir}", flush=True)
     summarise(runs, Path(args.out))
     plot_curves(runs, Path(args.out) / "learning_curves.png")
+    if args.smoke:
+        smoke.note(f"plotted {sum(1 for _ in Path(args.out).glob('*.png'))} figure(s)")
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

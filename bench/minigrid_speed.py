@@ -16,6 +16,9 @@ round, so that load from other processes falls on all of them; a row's figure is
 
     python bench/minigrid_speed.py                  # writes bench/results/minigrid_speed.json
     python bench/minigrid_speed.py --rounds 5 --seconds 2 --json /tmp/minigrid_speed.json
+    python bench/minigrid_speed.py --smoke          # a second: one env, one short round, writes nothing
+
+Without EnvPool (``pip install -e .[procgen]``) the EnvPool row is skipped with a note.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
+from bench import smoke  # noqa: E402
 
 N_ENVS = 16
 ENV_IDS = ("MiniGrid-KeyCorridorS3R1-v0", "MiniGrid-MemoryS7-v0")
@@ -85,8 +90,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one timed round per row")
     parser.add_argument("--env", action="append", help=f"env id (repeatable; default {', '.join(ENV_IDS)})")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "minigrid_speed.json")
+    parser.add_argument("--json", type=Path, default=None, help="default: bench/results/minigrid_speed.json; none with --smoke")
+    parser.add_argument("--smoke", action="store_true", help="one env, one 0.05 s round: checks that this script still runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(rounds=1, seconds=0.05, env=[ENV_IDS[0]])
+        args = parser.parse_args(argv)
+    elif args.json is None:
+        args.json = ROOT / "bench" / "results" / "minigrid_speed.json"
+    rows = dict(ROWS)
+    if not smoke.installed("envpool"):
+        print("skipped the EnvPool row (EnvPool is not installed: pip install -e .[procgen])", flush=True)
+        del rows["envpool + atlas"]
 
     from envs.minigrid import make_vector
     from envs.minigrid_render import atlas, render_views
@@ -99,10 +114,11 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(0)
     results: dict = {}
     for env_id in args.env or ENV_IDS:
-        envs = {row: make_vector(env_id, N_ENVS, vec_env, renderer=renderer) for row, (vec_env, renderer) in ROWS.items()}
+        envs = {row: make_vector(env_id, N_ENVS, vec_env, renderer=renderer) for row, (vec_env, renderer) in rows.items()}
         steps = {row: env.step for row, env in envs.items()}
         n_actions = envs["minigrid wrappers"].single_action_space.n
-        views = np.stack([envs["envpool + atlas"].env.reset(seed=0)[0][0]] * N_ENVS)
+        symbolic = envs["envpool + atlas" if "envpool + atlas" in envs else "python + atlas"].env
+        views = np.stack([symbolic.reset(seed=0)[0][0]] * N_ENVS)
         steps["atlas render only"] = lambda _actions: render_views(views)
         for env in envs.values():
             env.reset(seed=0)
@@ -126,7 +142,6 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{env_id:30s} {row:18s} {r['steps_per_s']:8d} ({r['mean_steps_per_s']}) steps/s  "
                   f"x{r['speedup_vs_wrappers']}", flush=True)
 
-    import envpool
     import minigrid
 
     report = {
@@ -143,13 +158,15 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "versions": {
             "python": platform.python_version(), "numpy": np.__version__,
-            "minigrid": minigrid.__version__, "envpool": envpool.__version__,
+            "minigrid": minigrid.__version__,
+            "envpool": __import__("envpool").__version__ if "envpool + atlas" in rows else None,
         },
         "results": results,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return report
 
 

@@ -39,6 +39,11 @@ update = the PPO epochs (ours: ``trainer.timers['update']``; SB3: ``algo.train()
 
     python bench/throughput.py                       # everything: 4 timed updates per run
     python bench/throughput.py --only lstm --updates 2 --json /tmp/lstm.json
+    python bench/throughput.py --smoke               # seconds: every row on tiny sizes, writes nothing
+
+``--smoke`` runs every row with 2 envs x 8 steps, 1 epoch x 2 minibatches, one timed update, and a
+tiny GPT-2 as the LM of the HELM rows; the SB3 rows are skipped with a note when stable-baselines3
+or sb3-contrib is not installed (``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +66,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+from bench import smoke  # noqa: E402
 
 ENV_ID = "MiniGrid-KeyCorridorS3R1-v0"
 N_ENVS = 16
@@ -73,6 +81,22 @@ PPO_KWARGS = dict(  # the papers' settings, in SB3's names
     normalize_advantage=True,
 )
 GROUPS = ("env", "cnn", "lstm", "ours", "sb3", "helm", "bf16")
+SMOKE_LM: str | None = None  # --smoke: the tiny LM that replaces MiniLM and the GPT-2-small-sized LM
+
+
+def set_sizes(n_envs: int, n_rollout: int, n_epochs: int, n_batches: int) -> None:
+    """Change the run sizes (for --smoke); every runner reads these module globals when it is built."""
+    global N_ENVS, N_ROLLOUT, N_EPOCHS, N_BATCHES, STEPS_PER_UPDATE
+    N_ENVS, N_ROLLOUT, N_EPOCHS, N_BATCHES = n_envs, n_rollout, n_epochs, n_batches
+    STEPS_PER_UPDATE = n_envs * n_rollout
+    PPO_KWARGS.update(n_steps=n_rollout, n_epochs=n_epochs, batch_size=STEPS_PER_UPDATE // n_batches)
+
+
+def helm_lm(lm: str) -> dict:
+    """The LM overrides of a HELM row: ``lm`` with mem_len 511, or with --smoke the tiny LM."""
+    if SMOKE_LM is not None:
+        return {"lm": SMOKE_LM, "lm_mode": "causal", "mem_len": smoke.MEM_LEN}
+    return {"lm": lm, "lm_mode": "causal", "mem_len": 511}
 
 
 def seed_everything(seed: int) -> None:
@@ -279,8 +303,6 @@ class OursRunner(Runner):
 
 def gpt2_small_dir() -> str:
     """A GPT-2-small-sized causal LM (124M parameters, 12 x 768) with random weights, saved once."""
-    import tempfile
-
     from transformers import GPT2Config, GPT2Model
 
     path = Path(tempfile.gettempdir()) / "helm-bench-gpt2-small"
@@ -447,7 +469,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the rows and the setup to this JSON file")
+    parser.add_argument("--smoke", action="store_true",
+                        help="every row on tiny sizes with a tiny LM, seconds: checks that this script still runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(updates=1, env_steps=4, threads=1)
+        args = parser.parse_args(argv)
     if args.updates < 1:
         parser.error("--updates must be >= 1")
     only = {g.strip() for g in args.only.split(",") if g.strip()}
@@ -455,24 +482,38 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--only: unknown {', '.join(sorted(only - set(GROUPS)))}; choose from {', '.join(GROUPS)}")
 
     torch.set_num_threads(args.threads)
+    sb3_installed = smoke.installed("stable_baselines3") and smoke.installed("sb3_contrib")
+    tmp = None
+    if args.smoke:
+        global SMOKE_LM
+        tmp = tempfile.TemporaryDirectory(prefix="throughput-smoke-")
+        SMOKE_LM = smoke.tiny_lm(Path(tmp.name) / "lm")
+        tiny = smoke.TINY_TRAINER
+        set_sizes(tiny["n_envs"], tiny["n_rollout_steps"], tiny["n_epochs"], tiny["n_batches"])
+        smoke.note("tiny sizes and a tiny LM under the usual row names: the numbers mean nothing")
+    skip_sb3 = args.smoke and not sb3_installed
     benches = [  # (groups, factory); the table keeps this order
         ({"env"}, lambda: EnvRunner(args.env_steps, sb3=False)),
         ({"env", "sb3"}, lambda: EnvRunner(args.env_steps, sb3=True)),
         ({"cnn", "ours"}, lambda: OursRunner("CNN-PPO", args.seed)),
         ({"lstm", "ours"}, lambda: OursRunner("Impala-PPO", args.seed)),
         ({"helm", "ours"}, lambda: OursRunner("HELM", args.seed, "HELM, MiniLM (causal, mem 511)",
-                                              lm="minilm", lm_mode="causal", mem_len=511)),
+                                              **helm_lm("minilm"))),
         ({"helm", "ours"}, lambda: OursRunner("HELM", args.seed, "HELM, GPT-2-small-sized (random, mem 511)",
-                                              lm=gpt2_small_dir(), lm_mode="causal", mem_len=511)),
+                                              **helm_lm(SMOKE_LM or gpt2_small_dir()))),
         ({"bf16"}, lambda: OursRunner("CNN-PPO", args.seed, "CNN-PPO, precision=bf16", precision="bf16")),
         ({"bf16"}, lambda: OursRunner("HELM", args.seed, "HELM, MiniLM (causal, mem 511), precision=bf16",
-                                      lm="minilm", lm_mode="causal", mem_len=511, precision="bf16")),
+                                      **helm_lm("minilm"), precision="bf16")),
         ({"cnn", "sb3"}, lambda: SB3Runner(recurrent=False, seed=args.seed)),
         ({"lstm", "sb3"}, lambda: SB3Runner(recurrent=True, seed=args.seed)),
     ]
     start = time.perf_counter()
     load_before = os.getloadavg()
-    runners = [factory() for groups, factory in benches if not only or groups & only]
+    selected = [(groups, factory) for groups, factory in benches if not only or groups & only]
+    if skip_sb3 and any("sb3" in groups for groups, _ in selected):
+        smoke.note("skipped the SB3 and sb3-contrib rows (not installed: pip install -e .[bench])")
+        selected = [(groups, factory) for groups, factory in selected if "sb3" not in groups]
+    runners = [factory() for _, factory in selected]
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - start:6.0f} s] {msg}", file=sys.stderr, flush=True)
@@ -501,17 +542,18 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.updates} timed updates per run after 1 warm-up, interleaved; steps/s of the fastest (mean); torch {torch.__version__}, "
           f"{args.threads} threads, {os.cpu_count()} CPUs; load average {load_before[0]:.1f} -> "
           f"{load_after[0]:.1f}; {total:.0f} s in all")
+    if tmp is not None:
+        tmp.cleanup()
     if args.json:
-        import stable_baselines3
-
-        import sb3_contrib
-
+        versions = {}
+        for package in ("stable_baselines3", "sb3_contrib"):
+            if smoke.installed(package):
+                versions[package] = __import__(package).__version__
         setup = {
             "env": ENV_ID, "n_envs": N_ENVS, "n_rollout_steps": N_ROLLOUT, "n_epochs": N_EPOCHS,
             "n_batches": N_BATCHES, "ppo": PPO_KWARGS, "optimizer": "AdamW(eps=1e-8)", "updates_timed": args.updates,
             "warmup_updates": 1, "env_vector_steps_per_round": args.env_steps, "threads": args.threads,
-            "torch": torch.__version__, "stable_baselines3": stable_baselines3.__version__,
-            "sb3_contrib": sb3_contrib.__version__, "cpu_count": os.cpu_count(), "machine": platform.platform(),
+            "torch": torch.__version__, **versions, "smoke": args.smoke, "cpu_count": os.cpu_count(), "machine": platform.platform(),
             "load_average_before": load_before, "load_average_after": load_after,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "total_s": total,
         }

@@ -6,6 +6,9 @@ idle cores exist. This measures where that is, on the machine it runs on:
 
     python bench/vec_env_speed.py                         # writes bench/results/vec_env_speed.json
     python bench/vec_env_speed.py --ids MiniWorld-YMaze-v0 --seconds 5
+    python bench/vec_env_speed.py --smoke         # seconds: KeyCorridor, 2 envs, 0.05 s per row, writes nothing
+
+A backend or env that cannot run here (no EnvPool, no EGL for MiniWorld) is skipped with a note.
 """
 
 from __future__ import annotations
@@ -56,8 +59,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ids", nargs="+", default=IDS)
     parser.add_argument("--n-envs", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "vec_env_speed.json"))
+    parser.add_argument("--json", default=None, help="default: bench/results/vec_env_speed.json; none with --smoke")
+    parser.add_argument("--smoke", action="store_true", help="one env id, 2 envs, 0.05 s per row: checks that this script still runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(ids=IDS[:1], n_envs=2, seconds=0.05)
+        args = parser.parse_args(argv)
+    elif args.json is None:
+        args.json = str(ROOT / "bench" / "results" / "vec_env_speed.json")
     rows = []
     for env_id in args.ids:
         for vec_env in ("sync", "async", "envpool"):
@@ -71,8 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "load_average": os.getloadavg(), "machine": platform.platform(),
                         "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
               "rows": rows}
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return result
 
 
