@@ -75,13 +75,14 @@ def run_episodes(agent, envs, n_episodes: int, deterministic: bool, random_actio
     counts = np.zeros(n_envs, dtype=int)
     obs, _ = envs.reset(seed=seed)
     starts = np.ones(n_envs, dtype=bool)
-    agent.reset_memory(n_envs)
+    state = agent.initial_state(n_envs)
     agent.eval()
     current = [{"obs": [], "actions": [], "rewards": [], "trace": []} for _ in range(n_envs)]
     rng = np.random.default_rng(seed)
     while (counts < targets).any():
         with torch.no_grad():
-            out = agent.act(torch.as_tensor(obs, device=device), torch.as_tensor(starts, device=device), deterministic)
+            out, state = agent.act(torch.as_tensor(obs, device=device), state, torch.as_tensor(starts, device=device),
+                                   deterministic)
         actions = out.actions.cpu().numpy()
         if random_actions:
             actions = rng.integers(envs.single_action_space.n, size=n_envs)
@@ -199,7 +200,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from trainers.run import pick_device
     from utils.checkpoint import load_checkpoint, resolve_checkpoint_path
     from utils.errors import UserError
-    from utils.outputs import staged_directory
+    from utils.outputs import check_new_output_dir, staged_directory
 
     if args.out:  # before anything slow
         check_new_output_dir(Path(args.out))
@@ -285,16 +286,6 @@ class CheckpointConfig(dict):
         from utils.errors import UserError
 
         raise UserError(f"checkpoint {self.where}: config lacks key {key!r}")
-
-
-def check_new_output_dir(out_dir: Path) -> None:
-    """--out must become a directory of its own: new or empty, so old results never mix with new ones."""
-    from utils.errors import UserError
-    from utils.outputs import check_output
-
-    check_output(out_dir, "--out", "directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise UserError(f"--out {out_dir} already holds files; choose a new or empty directory")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def build(args: argparse.Namespace) -> Path:
     import torch
 
     from models.clip_encoder import load_clip, load_clip_tokenizer
-    from models.memory import load_lm_tokenizer
+    from models.frozen_lm import load_lm_tokenizer
     from models.semantic_db import build_database, default_db_path, model_identity, read_database, resolve_templates, save_database
 
     template_name, template_strings = resolve_templates(args.templates)

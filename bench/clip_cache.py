@@ -338,7 +338,7 @@ def train_cache_on(model: str, clip_dir: Path, db_path: Path, args, warm_cache=N
     cfg = make_cfg(model, clip_dir, db_path, args.train_cache_size, args.envs, ROLLOUT, args.seed,
                    args.lm, args.mem_len)
     trainer, build_s = build(cfg)
-    enc = trainer.agent.image_encoder
+    enc = trainer.agent.encoder.image_encoder
     if warm_cache is not None:
         enc.cache = copy.deepcopy(warm_cache)
         enc.cache.reset_stats()  # count this model's own hits and misses only
@@ -353,8 +353,8 @@ def train_cache_on(model: str, clip_dir: Path, db_path: Path, args, warm_cache=N
           file=sys.stderr, flush=True)
     tick = time.perf_counter()
     with torch.no_grad():
-        if hasattr(trainer.agent, "estimate_statistics"):
-            trainer.agent.estimate_statistics()
+        if hasattr(trainer.agent.encoder, "estimate_statistics"):
+            trainer.agent.encoder.estimate_statistics()
         if prefill > 0:
             from models.helmv2 import random_policy_frames
 
@@ -399,7 +399,7 @@ def act_thread_check(trainer, steps: int, threads: int) -> dict:
     """Median ``agent.act`` seconds per vector step (cache warm) with 1 thread and with ``threads``,
     in alternating blocks of 4 steps so that a change of the machine's load hits both alike."""
     agent, envs = trainer.agent, trainer.envs
-    obs, starts = trainer.obs, trainer.episode_start
+    obs, starts, state = trainer.obs, trainer.episode_start, trainer.memory_state
     times: dict[int, list[float]] = {1: [], threads: []}
     block = 4
     for i in range(2 * -(-steps // block)):
@@ -408,7 +408,7 @@ def act_thread_check(trainer, steps: int, threads: int) -> dict:
         for _ in range(block):
             tick = time.perf_counter()
             with torch.no_grad():
-                out = agent.act(torch.as_tensor(obs), torch.as_tensor(starts))
+                out, state = agent.act(torch.as_tensor(obs), state, torch.as_tensor(starts))
             times[n].append(time.perf_counter() - tick)
             obs, _, terminated, truncated, _ = envs.step(out.actions.numpy())
             starts = terminated | truncated
@@ -422,7 +422,7 @@ def rollout_cache_off(model: str, clip_dir: Path, db_path: Path, args, to_tokens
     trainer, build_s = build(cfg)
     agent = trainer.agent
     if to_tokens_state is not None:  # HELMv2: reuse the fixed statistics instead of re-estimating them uncached
-        agent.to_tokens.load_state_dict(to_tokens_state)
+        agent.encoder.to_tokens.load_state_dict(to_tokens_state)
     act_times: list[float] = []
     act = agent.act
 
@@ -434,7 +434,7 @@ def rollout_cache_off(model: str, clip_dir: Path, db_path: Path, args, to_tokens
 
     agent.act = timed_act
     trainer.begin()  # what train() does before its first rollout
-    enc = agent.image_encoder
+    enc = agent.encoder.image_encoder
     res = {"model": model, "cache": "off", "clip_cache_size": 0, "build_s": build_s, "load_before": load_avg()}
     print(f"[train] {model} cache off: {k} vector steps of collect_rollout ...", file=sys.stderr, flush=True)
     tick = time.perf_counter()
@@ -479,10 +479,10 @@ def run_train_part(args) -> dict:
             on_rows[model] = res
             out["rows"].append(res)
             if model == "HELMv2":
-                warm_cache = trainer.agent.image_encoder.cache
-                to_tokens_state = {k: v.clone() for k, v in trainer.agent.to_tokens.state_dict().items()}
+                warm_cache = trainer.agent.encoder.image_encoder.cache
+                to_tokens_state = {k: v.clone() for k, v in trainer.agent.encoder.to_tokens.state_dict().items()}
             elif warm_cache is None:
-                warm_cache = trainer.agent.image_encoder.cache
+                warm_cache = trainer.agent.encoder.image_encoder.cache
             trainer.envs.close()
             del trainer
         if args.nocache_steps > 0:

@@ -159,20 +159,21 @@ def time_call(fn, repeats: int = 20) -> float:
 
 def precision(lm_dir: str, clip_dir: str) -> dict:
     from models.clip_encoder import load_clip
-    from models.lm_memory import LMMemory, load_frozen_lm
+    from models.frozen_lm import load_frozen_memory
 
     out = {}
     device = torch.device(DEVICE)
-    memory = LMMemory(load_frozen_lm(lm_dir), 511, mode="causal").to(device)
-    memory.reset(16)
-    emb = memory.token_embeddings()
+    memory, vocabulary = load_frozen_memory(lm_dir, 511, lm_mode="causal")
+    memory.to(device)
+    state = memory.initial_state(16)
+    emb = vocabulary.embeddings()
     gen = torch.Generator(device="cpu").manual_seed(0)
     starts = torch.zeros(16, dtype=torch.bool, device=device)
     with torch.no_grad():
         for t in range(20 if TINY else 511):  # fill the window
-            memory.step(emb[torch.randint(0, emb.shape[0], (16,), generator=gen).to(emb.device)], starts)
+            memory.step(emb[torch.randint(0, emb.shape[0], (16,), generator=gen).to(emb.device)], state, starts)
         x = emb[torch.randint(0, emb.shape[0], (16,), generator=gen).to(emb.device)]
-        ref = memory.peek(x, starts)
+        ref = memory.peek(x, state, starts)
         clip = load_clip(clip_dir).to(device)
         side = int(clip.config.vision_config.image_size)  # 224 for ViT-B/16
         frames = torch.rand(16, 3, side, side, device=device)
@@ -184,8 +185,8 @@ def precision(lm_dir: str, clip_dir: str) -> dict:
             torch.backends.cudnn.allow_tf32 = mode == "tf32"
             ctx = torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=mode == "bf16-autocast")
             with ctx:
-                lm_ms = time_call(lambda: memory.peek(x, starts))
-                lm_out = memory.peek(x, starts).float()
+                lm_ms = time_call(lambda: memory.peek(x, state, starts))
+                lm_out = memory.peek(x, state, starts).float()
                 clip_ms = time_call(clip_fn)
                 clip_out = clip_fn()
                 clip_out = (clip_out if torch.is_tensor(clip_out) else clip_out.pooler_output).float()

@@ -39,9 +39,9 @@ SMOKE_DEFAULTS = {"budget": 32, "seeds": [1], "envs": ["CueRecall-D1-v0"], "mode
 def run_one(runs: Path, env: str, model: str, seed: int, budget: int, extra: list[str]) -> Path:
     run_dir = runs / model / env / f"seed{seed}"
     if (run_dir / "ckpt_last.pt").exists():  # an earlier attempt: done, or continue it
-        import torch
+        from utils.checkpoint import load_checkpoint
 
-        if torch.load(run_dir / "ckpt_last.pt", weights_only=False)["step"] >= budget:
+        if load_checkpoint(run_dir / "ckpt_last.pt")["step"] >= budget:
             return run_dir
         cmd = [sys.executable, str(ROOT / "main.py"), "--resume", str(run_dir), "--var", f"n_steps={budget}",
                "--no-progress"]

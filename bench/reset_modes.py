@@ -62,18 +62,19 @@ def compare(model, mem_len: int = 511, first_episode: int = FIRST_EPISODE, steps
     """Relative output differences of the mask and zero reset rules at ``steps`` of episode 2."""
     gen = torch.Generator().manual_seed(0)
     memories = {mode: TransfoXLMemory(model, mem_len, reset=mode) for mode in ("mask", "zero")}
-    table = memories["mask"].token_embeddings()
+    table = model.word_emb.cached_table()
     n_steps = first_episode + max(steps)
     ids = torch.randint(0, table.shape[0], (n_steps, N_ENVS, 8), generator=gen)
     weights = torch.softmax(torch.randn(n_steps, N_ENVS, 8, generator=gen), dim=-1)
     inputs = (weights[..., None] * table[ids]).sum(2)  # [T, B, d]
     outs = {}
     for mode, memory in memories.items():
-        memory.reset(N_ENVS)
+        state = memory.initial_state(N_ENVS)
         rows = []
         for t in range(n_steps):
             start = torch.full((N_ENVS,), t == first_episode)
-            rows.append(memory.step(inputs[t], start))
+            out, state = memory.step(inputs[t], state, start)
+            rows.append(out)
         outs[mode] = torch.stack(rows)
     result = {"what": __doc__.splitlines()[0], "first_episode_steps": first_episode, "relative_difference": {}}
     for step in steps:

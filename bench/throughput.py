@@ -252,8 +252,8 @@ class OursRunner(Runner):
         self.envs, agent = self.trainer.envs, self.trainer.agent
         self.trainer.begin()
         self.sub = {"hopfield": 0.0, "lm": 0.0}
-        if hasattr(agent, "memory"):
-            agent.memory_inputs = self._timed(agent.memory_inputs, "hopfield")
+        if hasattr(agent, "vocabulary"):  # the frozen-LM agents: time their encoder and their LM apart
+            agent.encode = self._timed(agent.encode, "hopfield")
             agent.memory.step = self._timed(agent.memory.step, "lm")
             agent.memory.peek = self._timed(agent.memory.peek, "lm")
 

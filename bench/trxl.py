@@ -128,14 +128,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # -- warm-up to a full memory --------------------------------------------------------------
     began = time.perf_counter()
-    memory.reset(B)
+    state = memory.initial_state(B)
     mems = None
     with torch.no_grad():
         fed = 0
         while fed < args.mem_len:
             k = min(args.warmup_chunk, args.mem_len - fed)
             x = torch.randn(B, k, d, generator=gen)
-            ours = memory.step(x, torch.full((B,), fed == 0))
+            ours, state = memory.step(x, state, torch.full((B,), fed == 0))
             if hf is not None:
                 out = hf(inputs_embeds=x, mems=mems)
                 mems = out.mems
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
             if hf is not None:
                 out = hf(inputs_embeds=x[:, None], mems=mems)
             t1 = time.perf_counter()
-            ours = memory.step(x, no_reset)
+            ours, state = memory.step(x, state, no_reset)
             t2 = time.perf_counter()
             our_times.append(t2 - t1)
             if hf is not None:

@@ -12,6 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.registry import MODELS  # noqa: E402  (what a model is: its kind)
+
 ROOT = Path(__file__).resolve().parent
 CODE = "the authors' code (github.com/ml-jku/helm, HEAD 7f101e3)"
 FIRST_SEED = 4089113149  # the first of the 30 seeds in the code's seeds.pkl, used by most configs
@@ -101,7 +105,7 @@ def model_keys(model: str, settings: tuple, n_envs: int) -> dict:
     keys = {"model": model, "learning_rate": lr, "n_rollout_steps": rollout, "ent_coef": ent}
     if model == "Impala-PPO":  # their batch_size counts sequences; ours are whole per-env rollouts
         keys["n_batches"] = max(1, n_envs // settings[3])
-    elif model in ("HELM", "HELMv2", "SHELM"):
+    elif MODELS[model].kind == "frozen_lm":
         keys.update(mem_len=settings[3], lm=LM, lm_mode="causal")
         if model == "HELM":
             keys["beta"] = 100.0
@@ -119,7 +123,7 @@ def notes(model: str, settings: tuple, seed_note: str = "", from_file: bool = Tr
         out.append(f"{settings[3]} sequences per minibatch in their LSTM{origin}, i.e. n_batches = 16 envs / {settings[3]}")
     if model == "HELM":
         out.append("beta 100 as in the code's root config.json (its per-env HELM configs have null, which crashes)")
-    if model in ("HELM", "HELMv2", "SHELM"):
+    if MODELS[model].kind == "frozen_lm":
         out.append(LM_NOTE)
     if model == "HELMv2":
         out.append(CLIP_HELMV2_NOTE)
@@ -171,7 +175,7 @@ def root_family(family: str, envs: dict[str, str], paper: str, steps: int, norm_
 
 def psychlab() -> dict[Path, dict]:
     configs = {}
-    for model in ("HELM", "HELMv2", "SHELM"):
+    for model in (name for name, spec in MODELS.items() if spec.kind == "frozen_lm"):
         values = {"env": "Psychlab-ContinuousRecognition-v0", **SHARED, "n_envs": 64, "n_steps": 10_000_000,
                   "seed": FIRST_SEED, **model_keys(model, (7e-4, 256, 0.01, 255, 1), 64)}
         if model == "SHELM":

@@ -1,31 +1,31 @@
-"""Agent registry: the paper's model names -> agent classes (imported lazily)."""
+"""Agents by the papers' model names, built from the registry (`models.registry`)."""
 
 from __future__ import annotations
 
 import importlib
 
-from utils.errors import UserError
+from models.registry import MODELS, spec_of
 
-MODELS: dict[str, str] = {
-    "CNN-PPO": "models.cnn_ppo:CNNPPO",
-    "Impala-PPO": "models.impala_ppo:ImpalaPPO",
-    "HELM": "models.helm:HELM",
-    "HELMv2": "models.helmv2:HELMv2",
-    "SHELM": "models.shelm:SHELM",
-}
+
+def _resolve(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def check_model(name: str) -> None:
-    if name not in MODELS:
-        raise UserError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
+    spec_of(name)
 
 
 def build_agent(name: str, obs_shape: tuple[int, ...], n_actions: int, cfg: dict):
-    check_model(name)
-    module, cls = MODELS[name].split(":")
-    agent_cls = getattr(importlib.import_module(module), cls)
-    _quiet_transformers()
-    return agent_cls(tuple(obs_shape), n_actions, cfg)
+    spec = spec_of(name)
+    if spec.memory is not None:
+        from models.baselines import trained_memory_agent
+
+        memory_cls = _resolve(spec.memory)
+        return trained_memory_agent(tuple(obs_shape), n_actions, cfg, memory_cls)
+    build = _resolve(spec.build)
+    _quiet_transformers()  # once the agent's module has imported transformers
+    return build(tuple(obs_shape), n_actions, cfg)
 
 
 def _quiet_transformers() -> None:
@@ -37,3 +37,6 @@ def _quiet_transformers() -> None:
 
         logging.disable_progress_bar()
         logging.set_verbosity_error()
+
+
+__all__ = ["MODELS", "build_agent", "check_model"]

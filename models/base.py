@@ -1,11 +1,13 @@
-"""The small interface through which the one PPO trainer drives every agent.
+"""The small interface through which the one PPO trainer drives every agent, and the one agent
+that every model is: an encoder, a memory and the actor-critic heads.
 
-An agent owns whatever memory it carries between env steps (an LSTM state, a language model's
-cache) and updates it in ``act``. Whatever ``act`` returns in ``features`` is stored with the
-rollout and handed back to ``evaluate`` in the update, so an expensive frozen computation (HELM's
-language model) runs once per env step and never in the PPO epochs. A recurrent agent sets
-``recurrent = True``: the trainer then gives ``evaluate`` whole per-env sequences, shaped
-``[T, B, ...]``, with the state saved by ``rollout_state`` at the start of the rollout.
+The caller (the trainer's rollout, eval.py) owns the memory's state: it asks the agent for an
+``initial_state``, passes the state to every ``act`` and keeps the state ``act`` returns. Whatever
+``act`` returns in ``features`` is stored with the rollout and handed back to ``evaluate`` in the
+update, so an expensive frozen computation (HELM's language model) runs once per env step and
+never in the PPO epochs. An agent with a trained memory is ``recurrent``: the trainer then gives
+``evaluate`` whole per-env sequences, shaped ``[T, B, ...]``, with the state the rollout started
+from in ``batch["state"]``, and the memory is re-run over them (``Memory.scan``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
+from models.memory import Memory, NoMemory, State
+from models.networks import ActorCritic
+
 
 @dataclass
 class ActOutput:
@@ -24,6 +29,7 @@ class ActOutput:
     values: torch.Tensor  # [B]
     log_probs: torch.Tensor  # [B]
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, ...] each, stored per step
+    memory_out: torch.Tensor | None = None  # [B, out_dim] what the memory gave the policy (not stored; probes read it)
 
 
 class Agent(nn.Module):
@@ -32,22 +38,20 @@ class Agent(nn.Module):
     # instead of being written into every checkpoint
     frozen_prefixes: tuple[str, ...] = ()
 
-    def reset_memory(self, n_envs: int) -> None:
-        """Forget everything (start of training or evaluation)."""
+    def initial_state(self, n_envs: int) -> State:
+        """The memory of `n_envs` envs that have seen nothing yet."""
+        raise NotImplementedError
 
-    def act(self, obs: torch.Tensor, episode_start: torch.Tensor, deterministic: bool = False) -> ActOutput:
+    def act(self, obs: torch.Tensor, state: State, episode_start: torch.Tensor,
+            deterministic: bool = False) -> tuple[ActOutput, State]:
         """Choose actions for one env step; rows with ``episode_start`` begin a new episode."""
         raise NotImplementedError
 
-    def peek_values(self, obs: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        """V(obs) as if ``act`` were called next, without changing the agent's memory."""
+    def peek_values(self, obs: torch.Tensor, state: State, episode_start: torch.Tensor) -> torch.Tensor:
+        """V(obs) as if ``act`` were called next; ``state`` is left as it was."""
         raise NotImplementedError
 
-    def rollout_state(self) -> dict[str, torch.Tensor]:
-        """Memory state to store at the start of a rollout (recurrent agents re-run from it)."""
-        return {}
-
-    def evaluate(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probs of ``batch['actions']``, entropies and values, with gradients."""
         raise NotImplementedError
 
@@ -78,3 +82,76 @@ def sample(logits: torch.Tensor, values: torch.Tensor, deterministic: bool, feat
     dist = distribution(logits)
     actions = logits.argmax(-1) if deterministic else dist.sample()
     return ActOutput(actions, values, dist.log_prob(actions), features or {})
+
+
+class MemoryAgent(Agent):
+    """encoder -> memory -> [memory output || skip(obs)] -> actor-critic heads.
+
+    * `encoder`: observations [B, ...] -> the memory's inputs [B, ...]; trainable (a CNN) or frozen
+      (HELM's FrozenHopfield, CLIP). A frozen encoder may return extra per-step features too.
+    * `memory`: `NoMemory` (CNN-PPO), a trained memory (LSTM, GRU, TrXL: the agent is recurrent
+      and the update re-runs encoder and memory over whole env sequences), or a frozen LM (its
+      output is computed once per env step and stored with the rollout as `memory_out`).
+    * `skip`: an optional trainable CNN of the current observation, concatenated to the memory's
+      output (the HELM family's query CNN).
+    """
+
+    def __init__(self, encoder: nn.Module, memory: Memory, n_actions: int, skip: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder, self.memory, self.skip = encoder, memory, skip
+        self.heads = ActorCritic(memory.out_dim + (skip.out_dim if skip is not None else 0), n_actions)
+        self.recurrent = memory.trainable
+        # a frozen memory with state (an LM): its outputs are stored, never recomputed in the update
+        self.stores_memory_out = not memory.trainable and not isinstance(memory, NoMemory)
+
+    def initial_state(self, n_envs: int) -> State:
+        return self.memory.initial_state(n_envs)
+
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The memory's inputs for observations [B, ...], and extra features to store per step."""
+        return self.encoder(obs), {}
+
+    def policy(self, memory_out: torch.Tensor, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and values from the memory's output (and the skip CNN of the observation)."""
+        x = memory_out.float()  # a bf16 frozen LM (precision=bf16) too
+        if self.skip is not None:
+            x = torch.cat([x, self.skip(obs)], dim=-1)
+        return self.heads(x)
+
+    def act(self, obs: torch.Tensor, state: State, episode_start: torch.Tensor,
+            deterministic: bool = False) -> tuple[ActOutput, State]:
+        inputs, extra = self.encode(obs)
+        memory_out, state = self.memory.step(inputs, state, episode_start)
+        logits, values = self.policy(memory_out, obs)
+        self.record(inputs, extra, episode_start)
+        features = {"memory_out": memory_out.float(), **extra} if self.stores_memory_out else extra
+        out = sample(logits, values, deterministic, features)
+        out.memory_out = memory_out
+        return out, state
+
+    def frame_features(self, obs: torch.Tensor) -> torch.Tensor:
+        """A memory-free representation of the current frame (the trainable CNN's): a probe's floor."""
+        return (self.skip if self.skip is not None else self.encoder)(obs)
+
+    def peek_values(self, obs: torch.Tensor, state: State, episode_start: torch.Tensor) -> torch.Tensor:
+        return self.policy(self.memory.peek(self.encode(obs)[0], state, episode_start), obs)[1]
+
+    def evaluate(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        obs = batch["obs"]
+        if self.recurrent:  # whole env sequences [T, B, ...] from the rollout's first state
+            steps, n_seq = batch["episode_starts"].shape
+            flat_obs = obs.reshape(steps * n_seq, *obs.shape[2:])
+            inputs = self.encode(flat_obs)[0]
+            outs, _ = self.memory.scan(inputs.view(steps, n_seq, *inputs.shape[1:]), batch["state"],
+                                       batch["episode_starts"])
+            logits, values = self.policy(outs.reshape(steps * n_seq, -1), flat_obs)
+            actions = batch["actions"].reshape(-1)
+        else:
+            memory_out = batch["memory_out"] if self.stores_memory_out else self.encode(obs)[0]
+            logits, values = self.policy(memory_out, obs)
+            actions = batch["actions"]
+        dist = distribution(logits)
+        return dist.log_prob(actions), dist.entropy(), values
+
+    def record(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor], episode_start: torch.Tensor) -> None:
+        """A hook to keep what was fed to the memory, for traces (the LM-memory agents use it)."""

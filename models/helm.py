@@ -9,22 +9,21 @@ the PPO update never runs the language model.
 
 from __future__ import annotations
 
-import sys
 from collections import deque
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from models.base import ActOutput, Agent, distribution, sample
+from models.base import ActOutput, MemoryAgent
 from models.frame_cache import FrameCache
 from models.frozen_hopfield import FrozenHopfield
-from models.memory import build_memory
-from models.networks import ActorCritic, SmallImpalaCNN
+from models.frozen_lm import load_frozen_memory
+from models.memory import Memory
+from models.networks import SmallImpalaCNN
+from models.vocabulary import Vocabulary
 from utils.errors import UserError
-from utils.hub import first_line
 
 TEXT_STEPS = 32  # env 0's most recent steps that `step_text` shows
-WORD_CACHE_SIZE = 65536  # distinct memory inputs whose nearest token is remembered (eval traces, text logs)
 
 
 def hopfield_layout(env_id: str) -> str:
@@ -59,176 +58,139 @@ def hopfield_input_dim(obs_shape: tuple[int, int, int], layout: str) -> int:
     return height * width if layout == "grayscale" else width * channels
 
 
-class LMMemoryAgent(Agent):
-    """Shared by HELM, HELMv2 and SHELM: memory tokens -> frozen LM -> [LM out || CNN] -> heads.
+class FrozenEncoder(nn.Module):
+    """A fixed map from observations to the frozen LM's input embeddings (never trained).
 
-    Subclasses only say how an observation becomes the LM's input embeddings (``memory_inputs``).
+    `encode` gives the inputs [B, k, d_embed] and extra per-step features for the rollout;
+    `trace_items` what to keep of a step to name its memory words later, and `words` the words.
     """
 
-    def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
+    def __init__(self, vocabulary: Vocabulary) -> None:
         super().__init__()
-        self.memory = build_memory(cfg)
-        self.cnn = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024, precision=cfg.get("precision", "fp32"))
-        self.heads = ActorCritic(self.memory.d_model + self.cnn.out_dim, n_actions)
-        # Reading the memory (traces, TensorBoard text): what the last act() fed per env, and
-        # env 0's recent steps as (episode_start, item). Items are cheap to keep; turning them into
-        # words (nearest vocabulary tokens, a tokenizer) happens only when someone asks.
+        self.vocabulary = vocabulary
+
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self(obs), {}
+
+    def trace_items(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per env, what names this step's memory tokens: by default the input embeddings [B, k, d]."""
+        return inputs
+
+    def words(self, items: torch.Tensor) -> list[list[str]]:
+        """Words for a batch of `trace_items` rows: the vocabulary tokens nearest (cosine) to each input."""
+        return self.vocabulary.words(items)
+
+    def step_log(self) -> dict[str, float]:
+        return {}
+
+
+class HopfieldEncoder(FrozenEncoder):
+    """HELM's map: the original preprocessing of a frame, then the FrozenHopfield, one token per frame."""
+
+    def __init__(self, obs_shape: tuple[int, int, int], vocabulary: Vocabulary, env_id: str, beta: float, seed: int,
+                 cache_size: int) -> None:
+        super().__init__(vocabulary)
+        self.layout = hopfield_layout(env_id)
+        self.hopfield = FrozenHopfield(hopfield_input_dim(obs_shape, self.layout), vocabulary.embeddings().float(),
+                                       beta, seed=seed)
+        # The FrozenHopfield is fixed, so each distinct frame is mapped once (MiniGrid repeats frames a lot)
+        self.cache = FrameCache(cache_size)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        def retrieve(frames: torch.Tensor) -> torch.Tensor:
+            return self.hopfield(hopfield_input(frames, self.layout))
+
+        if not self.cache.capacity:
+            return retrieve(obs).unsqueeze(1)
+        rows = self.cache.lookup(obs.detach().cpu().numpy(),
+                                 lambda misses: retrieve(obs[torch.as_tensor(misses, device=obs.device)]))
+        return torch.stack(rows).unsqueeze(1)
+
+    def step_log(self) -> dict[str, float]:
+        return self.cache.interval_log("hopfield") if self.cache.capacity else {}
+
+
+class LMMemoryAgent(MemoryAgent):
+    """HELM, HELMv2 and SHELM: frozen encoder -> frozen LM -> [LM output || CNN] -> heads.
+
+    The subclasses differ only in their encoder: how an observation becomes the LM's input
+    embeddings. This class adds what reads the memory: the words fed to it per step, for eval
+    traces (`describe_step`) and TensorBoard (`step_text`).
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict, encoder: FrozenEncoder,
+                 memory: Memory) -> None:
+        skip = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024, precision=cfg.get("precision", "fp32"))
+        super().__init__(encoder, memory, n_actions, skip)
         self.lm_name: str = cfg["lm"]
+        # What the last act() fed per env, and env 0's recent steps as (episode_start, item). Items
+        # are cheap to keep; turning them into words happens only when someone asks.
         self._last_items: torch.Tensor | None = None
         self._recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=TEXT_STEPS)
-        self._tokenizer = None  # None: not tried yet; False: none available
-        self._unit_vocab: torch.Tensor | None = None
-        self._word_ids = FrameCache(WORD_CACHE_SIZE)  # memory input -> nearest token id
-        self._texts: dict[int, str] = {}  # token id -> its text (decoding is per token, so memoised)
 
-    def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
-        """uint8 observations [B, H, W, C] -> LM input embeddings [B, k, d_embed]."""
-        raise NotImplementedError
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.encoder.vocabulary
 
-    def encode_memory(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Memory inputs plus extra per-step features that the rollout should keep (SHELM's word ids)."""
-        return self.memory_inputs(obs), {}
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.encoder.encode(obs)
 
-    def reset_memory(self, n_envs: int) -> None:
-        self.memory.reset(n_envs)
+    def initial_state(self, n_envs: int):
         self._last_items = None
         self._recent.clear()
+        return super().initial_state(n_envs)
 
-    def _policy(self, lm_out: torch.Tensor, obs: torch.Tensor):
-        return self.heads(torch.cat([lm_out, self.cnn(obs)], dim=-1))
-
-    def act(self, obs: torch.Tensor, episode_start: torch.Tensor, deterministic: bool = False) -> ActOutput:
-        inputs, extra = self.encode_memory(obs)
-        lm_out = self.memory.step(inputs, episode_start).float()  # a bf16 LM (precision=bf16) too
-        logits, values = self._policy(lm_out, obs)
-        self._record(self.trace_items(inputs, extra), episode_start)
-        return sample(logits, values, deterministic, {"lm_out": lm_out, **extra})
-
-    def peek_values(self, obs: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        return self._policy(self.memory.peek(self.encode_memory(obs)[0], episode_start).float(), obs)[1]
-
-    def evaluate(self, batch):
-        logits, values = self._policy(batch["lm_out"], batch["obs"])
-        dist = distribution(logits)
-        return dist.log_prob(batch["actions"]), dist.entropy(), values
+    def step_log(self) -> dict[str, float]:
+        return self.encoder.step_log()
 
     # -- reading the memory ------------------------------------------------------------------------
 
-    def trace_items(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per env, what is kept to name this step's memory tokens later: here the input embeddings [B, k, d]."""
-        return inputs
-
-    def memory_words(self, items: torch.Tensor) -> list[list[str]]:
-        """Words for a batch of `trace_items` rows: the vocabulary tokens nearest (cosine) to each input.
-
-        A search over the whole vocabulary per env and step was a third of eval.py's time, while
-        the inputs repeat as often as the frames do: each distinct input is searched once.
-        """
-        flat = items.detach().reshape(-1, items.shape[-1])
-        rows = self._word_ids.lookup(flat.float().cpu().numpy(), lambda misses: self.nearest_tokens(flat[misses]))
-        ids = torch.stack(rows).reshape(items.shape[:-1])
-        return [self.token_texts(row) for row in ids.tolist()]
-
-    def nearest_tokens(self, embeds: torch.Tensor) -> torch.Tensor:
-        """Ids of the LM vocabulary tokens whose input embeddings are closest (cosine) to `embeds` [..., d] -> [...]."""
-        vocab = self.memory.token_embeddings()
-        if self._unit_vocab is None or self._unit_vocab.device != vocab.device:
-            self._unit_vocab = F.normalize(vocab.float(), dim=-1)
-        query = F.normalize(embeds.to(vocab.device).float(), dim=-1)
-        return (query @ self._unit_vocab.T).argmax(dim=-1)
-
-    def token_texts(self, ids: list[int]) -> list[str]:
-        """Decode token ids one by one with the LM's tokenizer ("#id" where none can be loaded)."""
-        tokenizer = self._lm_tokenizer()
-        texts = []
-        for i in ids:
-            if i in self._texts:
-                texts.append(self._texts[i])
-                continue
-            text = ""
-            if tokenizer is not None and 0 <= i < len(tokenizer):  # ids beyond it: padding rows, or an empty tokenizer
-                try:
-                    text = tokenizer.decode([i]).strip() or str(tokenizer.convert_ids_to_tokens(i) or "")
-                except (IndexError, KeyError, TypeError, ValueError, OverflowError):
-                    text = ""
-            self._texts[i] = text or f"#{i}"
-            texts.append(self._texts[i])
-        return texts
-
-    def _lm_tokenizer(self):
-        """The memory's tokenizer, loaded on first use: training never needs it, only traces and text logs."""
-        if self._tokenizer is None:
-            self._tokenizer = False
-            reason = "none available"
-            try:
-                self._tokenizer = self.memory.tokenizer() or False
-            except UserError as err:  # e.g. a refused vocab.pkl: its message names the file and why
-                reason = first_line(err)
-            except Exception as err:  # any failure just means we show token ids
-                text = first_line(err)
-                reason = text if text == type(err).__name__ else f"{type(err).__name__}: {text}"
-            if self._tokenizer is False:
-                # one line on stderr, like the other warnings (a Python warning prints its source line too)
-                print(f"warning: no tokenizer for LM {self.lm_name!r} ({reason}); memory tokens shown as ids",
-                      file=sys.stderr)
-        return self._tokenizer or None
-
-    def _record(self, items: torch.Tensor, episode_start: torch.Tensor) -> None:
-        self._last_items = items.detach()
+    def record(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor], episode_start: torch.Tensor) -> None:
+        items = self.encoder.trace_items(inputs, extra).detach()
+        self._last_items = items
         start = torch.as_tensor(episode_start).reshape(-1)[:1].clone()
-        self._recent.append((start, items[0].detach().clone()))
+        self._recent.append((start, items[0].clone()))
 
     def describe_step(self, out: ActOutput) -> list[dict]:
         """One dict per env for the last `act` (eval.py's trace): {"words": tokens fed to the memory}."""
         if self._last_items is None:
             return [{} for _ in range(len(out.actions))]
-        return [{"words": words} for words in self.memory_words(self._last_items)]
+        return [{"words": words} for words in self.encoder.words(self._last_items)]
 
     def step_text(self) -> dict[str, str]:
         """Env 0's recent memory tokens for TensorBoard text: steps joined by " / ", "||" starts an episode."""
         if not self._recent:
             return {}
         starts = [bool(start.item()) for start, _ in self._recent]
-        words = self.memory_words(torch.stack([item for _, item in self._recent]))
+        words = self.encoder.words(torch.stack([item for _, item in self._recent]))
         pieces: list[str] = []
         for start, step_words in zip(starts, words):
             if pieces:
                 pieces.append(" || " if start else " / ")
             pieces.append(" ".join(step_words))
-        text = "".join(pieces)
-        return {"memory/words": text}
+        return {"memory/words": "".join(pieces)}
+
+
+def frozen_memory(cfg: dict) -> tuple[Memory, Vocabulary]:
+    """The config's frozen LM memory and its vocabulary."""
+    return load_frozen_memory(cfg["lm"], cfg["mem_len"], cfg.get("lm_mode", "auto"), cfg.get("lm_layers"),
+                              cfg.get("mem_reset", "auto"), cfg.get("precision", "fp32"))
 
 
 class HELM(LMMemoryAgent):
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
-        super().__init__(obs_shape, n_actions, cfg)
-        self.hopfield_layout = hopfield_layout(cfg["env"])
-        input_dim = hopfield_input_dim(obs_shape, self.hopfield_layout)
-        self.hopfield = FrozenHopfield(input_dim, self.memory.token_embeddings().float(), cfg["beta"], seed=cfg["seed"])
-        # The FrozenHopfield is fixed, so each distinct frame is mapped once (MiniGrid repeats frames a lot)
-        self.hopfield_cache = FrameCache(cfg.get("hopfield_cache_size", 0))
-
-    def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
-        def retrieve(frames: torch.Tensor) -> torch.Tensor:
-            return self.hopfield(hopfield_input(frames, self.hopfield_layout))
-
-        if not self.hopfield_cache.capacity:
-            return retrieve(obs).unsqueeze(1)
-        rows = self.hopfield_cache.lookup(
-            obs.detach().cpu().numpy(), lambda misses: retrieve(obs[torch.as_tensor(misses, device=obs.device)])
-        )
-        return torch.stack(rows).unsqueeze(1)
-
-    def step_log(self) -> dict[str, float]:
-        return self.hopfield_cache.interval_log("hopfield") if self.hopfield_cache.capacity else {}
+        memory, vocabulary = frozen_memory(cfg)
+        encoder = HopfieldEncoder(obs_shape, vocabulary, cfg["env"], cfg["beta"], cfg["seed"],
+                                  cfg.get("hopfield_cache_size", 0))
+        super().__init__(obs_shape, n_actions, cfg, encoder, memory)
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
-        saved = state.get("hopfield.projection")
-        ours = self.hopfield.projection
+        saved = state.get("encoder.hopfield.projection")
+        ours = self.encoder.hopfield.projection
         if saved is not None and saved.shape != ours.shape:
             raise UserError(
                 f"checkpoint's FrozenHopfield reads {saved.shape[1]} values per frame, this version reads "
-                f"{ours.shape[1]} ({self.hopfield_layout} frames, as the original HELM); it was written by an "
+                f"{ours.shape[1]} ({self.encoder.layout} frames, as the original HELM); it was written by an "
                 "older layout (height mean) and cannot be loaded: train it again"
             )
         super().load_checkpoint_state(state)

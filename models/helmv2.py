@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from models.clip_encoder import CLIPImageEncoder, load_clip
-from models.helm import LMMemoryAgent
+from models.helm import FrozenEncoder, LMMemoryAgent, frozen_memory
+from models.vocabulary import Vocabulary
 
 STATS_FRAMES = 256  # observations whose CLIP features give the fixed statistics
 STATS_ENVS = 8
@@ -96,16 +97,14 @@ class CLIPToTokenSpace(nn.Module):
         return z * self.token_std + self.token_mean
 
 
-class HELMv2(LMMemoryAgent):
-    frozen_prefixes = ("image_encoder.clip.",)
+class CLIPTokenEncoder(FrozenEncoder):
+    """HELMv2's map: frozen CLIP image features, fixed-standardised into the LM's token space (one token)."""
 
-    def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
-        super().__init__(obs_shape, n_actions, cfg)
-        self.env_id: str = cfg["env"]
-        self.seed: int = int(cfg["seed"] or 0)
-        self.image_encoder = CLIPImageEncoder(load_clip(cfg["clip_model"]), cfg["clip_cache_size"])
-        self.to_tokens = CLIPToTokenSpace(self.image_encoder.embed_dim, self.memory.token_embeddings().float(), self.seed)
-        self._logged_counts = (0, 0)
+    def __init__(self, vocabulary: Vocabulary, clip_model: str, cache_size: int, env_id: str, seed: int) -> None:
+        super().__init__(vocabulary)
+        self.env_id, self.seed = env_id, seed
+        self.image_encoder = CLIPImageEncoder(load_clip(clip_model), cache_size)
+        self.to_tokens = CLIPToTokenSpace(self.image_encoder.embed_dim, vocabulary.embeddings().float(), seed)
 
     def estimate_statistics(self, frames: np.ndarray | torch.Tensor | None = None) -> None:
         """Fix the standardisation from these uint8 frames (default: a random policy in the configured env)."""
@@ -114,21 +113,24 @@ class HELMv2(LMMemoryAgent):
         features = torch.cat([self.image_encoder(chunk) for chunk in torch.as_tensor(frames).split(64)])
         self.to_tokens.set_statistics(features)
 
-    def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
         if not bool(self.to_tokens.ready):
             self.estimate_statistics()
-        return self.to_tokens(self.image_encoder(obs)).to(self.memory.token_embeddings().dtype).unsqueeze(1)
+        return self.to_tokens(self.image_encoder(obs)).to(self.vocabulary.embeddings().dtype).unsqueeze(1)
 
     def step_log(self) -> dict[str, float]:
         return clip_cache_log(self)
 
 
-def clip_cache_log(agent) -> dict[str, float]:
+class HELMv2(LMMemoryAgent):
+    frozen_prefixes = ("encoder.image_encoder.clip.",)
+
+    def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
+        memory, vocabulary = frozen_memory(cfg)
+        encoder = CLIPTokenEncoder(vocabulary, cfg["clip_model"], cfg["clip_cache_size"], cfg["env"], int(cfg["seed"] or 0))
+        super().__init__(obs_shape, n_actions, cfg, encoder, memory)
+
+
+def clip_cache_log(encoder) -> dict[str, float]:
     """CLIP feature-cache hit rate since the previous call, and its size, for TensorBoard."""
-    enc = agent.image_encoder
-    hits, misses = enc.hits - agent._logged_counts[0], enc.misses - agent._logged_counts[1]
-    agent._logged_counts = (enc.hits, enc.misses)
-    logs = {"clip/cache_entries": float(enc.cache_len())}
-    if hits + misses:
-        logs["clip/cache_hit_rate"] = hits / (hits + misses)
-    return logs
+    return encoder.image_encoder.cache.interval_log("clip")

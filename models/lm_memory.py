@@ -15,6 +15,7 @@ Two ways to run the LM:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 
@@ -95,6 +96,13 @@ def load_frozen_lm(lm: str, lm_layers: int | None = None) -> PreTrainedModel:
     return model
 
 
+def load_tokenizer_offline(lm: str):
+    """`lm`'s tokenizer from local files only: a trace or a text log must never wait on the network."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_lm_path(lm), local_files_only=True)
+
+
 def load_tokenizer(name: str, what: str, expect: Callable[[dict], str | None] | None = None):
     """A Hugging Face tokenizer from a directory or hub id (`what`: "CLIP", "LM"): local files first, one-line errors.
 
@@ -166,15 +174,30 @@ class _SlotCache(DynamicCache):
     Reading the keys and values is most of a CPU step, so attending only to the slice that some
     row can still see (e.g. 150 of 511 slots when every episode is younger than 150 steps) is
     the cheapest way to make a step faster; the slice is a view, never a copy.
+
+    `reader(visible)` is a read-only view of the same buffers (for `peek`): its `update` returns
+    the visible slice followed by the new keys, and writes nothing.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, read_only: bool = False) -> None:
         super().__init__()
         self.capacity = capacity
+        self.read_only = read_only
         self.write_at: torch.Tensor | None = None  # slot index of each new token, [k]
         self.visible = slice(None)  # the slots attention reads
 
+    def reader(self, visible: slice) -> _SlotCache:
+        view = _SlotCache(self.capacity, read_only=True)
+        view.layers, view.visible = self.layers, visible
+        return view
+
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.read_only:
+            if layer_idx >= len(self.layers) or not self.layers[layer_idx].is_initialized:
+                return key_states, value_states  # nothing remembered yet
+            layer = self.layers[layer_idx]
+            return (torch.cat([layer.keys[:, :, self.visible], key_states.to(layer.keys.dtype)], dim=2),
+                    torch.cat([layer.values[:, :, self.visible], value_states.to(layer.values.dtype)], dim=2))
         while len(self.layers) <= layer_idx:
             self.layers.append(DynamicLayer())
         layer = self.layers[layer_idx]
@@ -197,6 +220,12 @@ class _SlotCache(DynamicCache):
                 layer.values = _move_slots(layer.values, capacity, old_slots, new_slots, dim=2)
         self.capacity = capacity
 
+    def to_device(self, device: torch.device) -> None:
+        for layer in self.layers:
+            if layer.is_initialized:
+                layer.keys, layer.values = layer.keys.to(device), layer.values.to(device)
+                layer.device = layer.keys.device
+
 
 def _move_slots(buf: torch.Tensor, capacity: int, old: torch.Tensor, new: torch.Tensor, dim: int) -> torch.Tensor:
     shape = list(buf.shape)
@@ -204,6 +233,38 @@ def _move_slots(buf: torch.Tensor, capacity: int, old: torch.Tensor, new: torch.
     out = buf.new_zeros(shape)
     out.index_copy_(dim, new, buf.index_select(dim, old))
     return out
+
+
+@dataclasses.dataclass
+class LMState:
+    """What an `LMMemory` remembers for `n` envs. `step` updates it in place (buffers included).
+
+    Tokens are named by their absolute index a = 0, 1, 2, ... (all rows append in lockstep).
+    Bidirectional mode: token a's input lives in slot a % capacity (a ring of the window's inputs).
+    Causal mode: token a lives in slot a - base, so the tokens a step can see are one slice. It
+    needs the window's mem_len - 1 old tokens plus the new ones (one by default), and some slack:
+    when the new tokens reach the end, the live ones move to the front (`LMMemory._relayout`),
+    once every `slack` steps.
+    """
+
+    n: int
+    capacity: int
+    slot_token: torch.Tensor  # [capacity] the token each slot holds (-1: none)
+    inputs: torch.Tensor  # [n, capacity, d_embed] the input embedding of each slot's token
+    start: torch.Tensor  # [n] first token of each row's episode
+    origin: torch.Tensor  # [n] the token at position 0, per row
+    cache: _SlotCache | None  # causal mode: the keys and values of every layer
+    t: int = 0  # tokens appended so far
+    base: int = 0  # causal mode: the token in slot 0
+    rebuilds: int = 0  # full re-encodes of the cache (absolute positions only), for tests and logs
+
+    def to(self, device: torch.device | str) -> LMState:
+        """This memory on another device (in place; returns itself)."""
+        self.slot_token, self.inputs = self.slot_token.to(device), self.inputs.to(device)
+        self.start, self.origin = self.start.to(device), self.origin.to(device)
+        if self.cache is not None:
+            self.cache.to_device(torch.device(device))
+        return self
 
 
 class LMMemory(Memory):
@@ -217,8 +278,7 @@ class LMMemory(Memory):
 
     The LM is deliberately not a registered submodule: it is frozen, must stay in eval mode even
     while the agent trains, and is reloaded from its name rather than stored in every
-    checkpoint. `.to()` moves it together with the remembered state (non-persistent buffers and
-    the key/value cache), so moving never forgets.
+    checkpoint. `.to()` moves it. What is remembered is an `LMState` that the caller holds.
 
     Positions count from each row's episode start. LMs with rotary positions (Pythia, Llama) see
     only relative distances, so positions may grow past their nominal table and the cache is
@@ -255,14 +315,8 @@ class LMMemory(Memory):
         self.name = name
         self.mode = mode
         self.mem_len = mem_len
-        self.d_model: int = model.config.hidden_size
-        self.d_embed: int = model.get_input_embeddings().weight.shape[1]
-        self.rebuilds = 0  # full re-encodes of the cache (absolute positions only), for tests and logs
-        self._n_envs: int | None = None
-        # The remembered state: non-persistent buffers, so `.to()` moves them and checkpoints skip them.
-        for buffer in ("_slot_token", "_inputs", "_start", "_origin"):
-            self.register_buffer(buffer, None, persistent=False)
-        self._cache: _SlotCache | None = None
+        self.out_dim: int = model.config.hidden_size
+        self.in_dim: int = model.get_input_embeddings().weight.shape[1]
 
     @property
     def lm(self) -> PreTrainedModel:
@@ -271,210 +325,176 @@ class LMMemory(Memory):
     def extra_repr(self) -> str:
         return f"lm={type(self._lm).__name__}, mem_len={self.mem_len}, mode={self.mode!r}"
 
-    def token_embeddings(self) -> torch.Tensor:
-        """The LM's input embedding matrix, [vocab, d_embed] (shares storage with the LM)."""
-        return self._lm.get_input_embeddings().weight.detach()
-
-    def tokenizer(self):
-        if self.name is None:
-            return None
-        from transformers import AutoTokenizer
-
-        # local files only: a trace or a text log must never wait on the network
-        return AutoTokenizer.from_pretrained(resolve_lm_path(self.name), local_files_only=True)
-
     def _apply(self, fn, recurse=True):
         self._lm._apply(fn)
-        result = super()._apply(fn, recurse)
-        if self._cache is not None:
-            for layer in self._cache.layers:
-                if layer.is_initialized:
-                    layer.keys, layer.values = fn(layer.keys), fn(layer.values)
-                    layer.device = layer.keys.device
-        return result
+        return super()._apply(fn, recurse)
 
     # -- state -----------------------------------------------------------------------------------
 
-    def reset(self, n_envs: int) -> None:
-        """Forget everything and set the batch size."""
+    def initial_state(self, n: int) -> LMState:
         weight = self._lm.get_input_embeddings().weight
         device, dtype = weight.device, weight.dtype
-        self._n_envs = n_envs
-        self._t = 0  # tokens appended so far; all rows append in lockstep, so this is shared
-        # Tokens are named by their absolute index a = 0, 1, 2, ...
-        # Bidirectional mode: token a lives in slot a % capacity (a ring of the window's inputs).
-        # Causal mode: token a lives in slot a - base, so the tokens a step can see are one slice.
-        # It needs the window's mem_len - 1 old tokens plus the new ones (one by default), and some
-        # slack: when the new tokens reach the end, the live ones move to the front (`_relayout`),
-        # once every `slack` steps.
-        self._base = 0
-        self._capacity = self.mem_len + (self._slack() if self.mode == "causal" else 0)
-        self._slot_token = torch.full((self._capacity,), -1, dtype=torch.long, device=device)
-        self._inputs = torch.zeros(n_envs, self._capacity, self.d_embed, device=device, dtype=dtype)
-        self._start = torch.zeros(n_envs, dtype=torch.long, device=device)  # first token of each row's episode
-        self._origin = torch.zeros(n_envs, dtype=torch.long, device=device)  # token at position 0, per row
-        self._cache = _SlotCache(self._capacity) if self.mode == "causal" else None
-
-    def reset_rows(self, rows: torch.Tensor) -> None:
-        """Rows marked True start a new episode: they forget every earlier token."""
-        rows = self._rows(rows)
-        self._start = torch.where(rows, self._t, self._start)
-        self._origin = torch.where(rows, self._t, self._origin)
+        capacity = self.mem_len + (self._slack() if self.mode == "causal" else 0)
+        return LMState(
+            n=n,
+            capacity=capacity,
+            slot_token=torch.full((capacity,), -1, dtype=torch.long, device=device),
+            inputs=torch.zeros(n, capacity, self.in_dim, device=device, dtype=dtype),
+            start=torch.zeros(n, dtype=torch.long, device=device),
+            origin=torch.zeros(n, dtype=torch.long, device=device),
+            cache=_SlotCache(capacity) if self.mode == "causal" else None,
+        )
 
     def _slack(self) -> int:
         return max(1, self.mem_len // 4)
 
-    def _rows(self, rows) -> torch.Tensor:
-        if self._n_envs is None:
-            raise RuntimeError("LMMemory.reset(n_envs) must be called before step()/peek()/reset_rows()")
-        return torch.as_tensor(rows, device=self._start.device).to(torch.bool).reshape(self._n_envs)
+    def _restarted(self, state: LMState, starts) -> tuple[torch.Tensor, torch.Tensor]:
+        """(start, origin) per row once the rows marked in `starts` begin a new episode."""
+        rows = torch.as_tensor(starts, device=state.start.device).to(torch.bool).reshape(state.n)
+        return torch.where(rows, state.t, state.start), torch.where(rows, state.t, state.origin)
 
-    def step(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        """Append k tokens per env (rows with `episode_start` forget first); hidden state of the newest, [B, d_model].
+    def step(self, embeds: torch.Tensor, state: LMState, starts: torch.Tensor) -> tuple[torch.Tensor, LMState]:
+        """Append k tokens per env (rows with `starts` forget first); hidden state of the newest, [B, d_model].
 
-        embeds: [B, k, d_embed] (or [B, d_embed] for k = 1); episode_start: bool [B] (tensor or array).
+        embeds: [B, k, d_embed] (or [B, d_embed] for k = 1); starts: bool [B] (tensor or array).
+        The state is updated in place; the returned state is the same object.
         """
-        self.reset_rows(episode_start)
-        return self._advance(embeds, commit=True)
+        state.start, state.origin = self._restarted(state, starts)
+        return self._advance(embeds, state, state.start, state.origin, commit=True), state
 
-    def peek(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        """What `step` would return, leaving the memory unchanged (to bootstrap final observations)."""
-        restart = self._rows(episode_start)
-        saved = self._start, self._origin
-        self._start = torch.where(restart, self._t, self._start)
-        self._origin = torch.where(restart, self._t, self._origin)
-        try:
-            return self._advance(embeds, commit=False)
-        finally:
-            self._start, self._origin = saved
+    def peek(self, embeds: torch.Tensor, state: LMState, starts: torch.Tensor) -> torch.Tensor:
+        """What `step` would return; it reads the state and writes nothing (to bootstrap final observations)."""
+        start, origin = self._restarted(state, starts)
+        return self._advance(embeds, state, start, origin, commit=False)
 
     @torch.no_grad()
-    def _advance(self, embeds: torch.Tensor, commit: bool) -> torch.Tensor:
+    def _advance(self, embeds: torch.Tensor, state: LMState, start: torch.Tensor, origin: torch.Tensor,
+                 commit: bool) -> torch.Tensor:
         if embeds.dim() == 2:
             embeds = embeds[:, None]
-        if embeds.dim() != 3 or embeds.shape[0] != self._n_envs or embeds.shape[2] != self.d_embed:
-            raise ValueError(
-                f"embeds must be [{self._n_envs}, k, {self.d_embed}], got {tuple(embeds.shape)}"
-            )
+        if embeds.dim() != 3 or embeds.shape[0] != state.n or embeds.shape[2] != self.in_dim:
+            raise ValueError(f"embeds must be [{state.n}, k, {self.in_dim}], got {tuple(embeds.shape)}")
         if embeds.shape[1] == 0:
             raise ValueError("embeds must hold at least one token per env")
-        embeds = embeds.to(device=self._inputs.device, dtype=self._inputs.dtype)
+        embeds = embeds.to(device=state.inputs.device, dtype=state.inputs.dtype)
         if self.mode == "bidirectional":
-            return self._encode_window(embeds, commit)
-        return self._cached_step(embeds, commit)
+            return self._encode_window(embeds, state, start, commit)
+        return self._cached_step(embeds, state, start, origin, commit)
 
     # -- bidirectional -----------------------------------------------------------------------------
 
-    def _encode_window(self, embeds: torch.Tensor, commit: bool) -> torch.Tensor:
-        start = self._start
+    def _encode_window(self, embeds: torch.Tensor, state: LMState, start: torch.Tensor, commit: bool) -> torch.Tensor:
         window = self.mem_len
-        end = self._t + embeds.shape[1]
+        end = state.t + embeds.shape[1]
         embeds = embeds[:, -window:]  # older new tokens would leave the window at once
         k = embeds.shape[1]
         # Old tokens still in some row's window, oldest first; rows whose episode began later mask them.
         first_old = max(end - window, int(start.min()), 0)
         old = torch.arange(first_old, end - k, device=start.device)
         tokens = torch.cat([old, torch.arange(end - k, end, device=start.device)])
-        x = torch.cat([self._inputs[:, old % self._capacity], embeds], dim=1)
+        x = torch.cat([state.inputs[:, old % state.capacity], embeds], dim=1)
         first = start.clamp_min(end - window)  # first token of each row's window
         valid = tokens[None, :] >= first[:, None]
         positions = (tokens[None, :] - first[:, None]).clamp_min(0)
         out = self._lm(inputs_embeds=x, attention_mask=valid.long(), position_ids=positions, use_cache=False)
         if commit:
-            self._inputs[:, tokens[-k:] % self._capacity] = embeds
-            self._t = end
+            state.inputs[:, tokens[-k:] % state.capacity] = embeds
+            state.t = end
         return out.last_hidden_state[:, -1].contiguous()
 
     # -- causal --------------------------------------------------------------------------------
 
-    def _cached_step(self, embeds: torch.Tensor, commit: bool) -> torch.Tensor:
+    def _cached_step(self, embeds: torch.Tensor, state: LMState, start: torch.Tensor, origin: torch.Tensor,
+                     commit: bool) -> torch.Tensor:
         k = embeds.shape[1]
         if self.position_limit is not None and self.mem_len - 1 + k > self.position_limit:
             raise UserError(
                 f"{k} tokens per step with mem_len={self.mem_len} exceed the LM's {self.position_limit} positions"
             )
-        if self.mem_len - 1 + k + self._slack() > self._capacity:
-            self._relayout(self.mem_len - 1 + k + self._slack())  # changes nothing a query can see
-        elif self._t + k - self._base > self._capacity:
-            self._relayout(self._capacity)
-        if self._needs_rebuild(k):
-            if not commit:
-                raise RuntimeError("peek() with more tokens than the last step() would need a cache rebuild")
-            self._rebuild()
+        if commit:
+            if self.mem_len - 1 + k + self._slack() > state.capacity:
+                self._relayout(state, self.mem_len - 1 + k + self._slack())  # changes nothing a query can see
+            elif state.t + k - state.base > state.capacity:
+                self._relayout(state, state.capacity)
+            if self._needs_rebuild(state, origin, k):
+                self._rebuild(state)
+                origin = state.origin
+        elif self._needs_rebuild(state, origin, k):
+            raise RuntimeError("peek() with more tokens than the last step() would need a cache rebuild")
 
-        new = torch.arange(self._t, self._t + k, device=self._start.device)
-        slots = new - self._base
-        # The new tokens take free slots after the newest token (peek restores the marks).
-        previous = self._slot_token[slots].clone()
-        self._slot_token[slots] = new
-        lo, hi = self._first_visible() - self._base, self._t + k - self._base
-        self._cache.write_at, self._cache.visible = slots, slice(lo, hi)
+        new = torch.arange(state.t, state.t + k, device=start.device)
+        lo = self._first_visible(state, start) - state.base
+        if commit:
+            slots = new - state.base
+            state.slot_token[slots] = new
+            hi = state.t + k - state.base
+            cache, keys = state.cache, state.slot_token[lo:hi]
+            cache.write_at, cache.visible = slots, slice(lo, hi)
+        else:  # the visible old tokens, then the new ones: the same keys in the same order as a step
+            old_end = state.t - state.base
+            cache, keys = state.cache.reader(slice(lo, old_end)), torch.cat([state.slot_token[lo:old_end], new])
         out = self._lm(
             inputs_embeds=embeds,
-            attention_mask=self._window_mask(new, self._start, lo, hi),
-            position_ids=new[None, :] - self._origin[:, None],
-            **{self._cache_kwarg: self._cache},
+            attention_mask=self._window_mask(new, keys, start, state.inputs.dtype),
+            position_ids=new[None, :] - origin[:, None],
+            **{self._cache_kwarg: cache},
             use_cache=True,
         )
-        if not self._cache.layers:
-            raise UserError(f"{type(self._lm).__name__} does not fill a key/value cache; use mode='bidirectional'")
         if commit:
-            self._inputs[:, slots] = embeds
-            self._t += k
-            # now, so that the next peek with as many tokens finds room and positions
-            if self._t + k - self._base > self._capacity:
-                self._relayout(self._capacity)
-            if self._needs_rebuild(k):
-                self._rebuild()
-        else:
-            self._slot_token[slots] = previous
+            if not state.cache.layers:
+                raise UserError(f"{type(self._lm).__name__} does not fill a key/value cache; use mode='bidirectional'")
+            state.inputs[:, slots] = embeds
+            state.t += k
+            # now, so that the next peek with as many tokens finds positions
+            if self._needs_rebuild(state, state.origin, k):
+                self._rebuild(state)
         return out.last_hidden_state[:, -1].contiguous()
 
-    def _first_visible(self) -> int:
+    def _first_visible(self, state: LMState, start: torch.Tensor) -> int:
         """The oldest token any row's next query can see: the window's start, or the oldest episode's.
 
         On an accelerator the episode starts would cost a device-host sync per step, so there
         only the window bounds the slice.
         """
-        first = max(self._t - (self.mem_len - 1), self._base)
-        if self._start.device.type == "cpu":
-            first = max(first, int(self._start.min()))
+        first = max(state.t - (self.mem_len - 1), state.base)
+        if start.device.type == "cpu":
+            first = max(first, int(start.min()))
         return first
 
-    def _needs_rebuild(self, k: int) -> bool:
+    def _needs_rebuild(self, state: LMState, origin: torch.Tensor, k: int) -> bool:
         """Would k new tokens need a position beyond the LM's absolute position table?"""
         if self.position_limit is None:
             return False
-        return self._t + k - int(self._origin.min()) > self.position_limit
+        return state.t + k - int(origin.min()) > self.position_limit
 
-    def _window_mask(self, queries: torch.Tensor, start: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Additive [B, 1, k, hi - lo] mask over slots lo..hi-1: visible iff the slot's token is in the row's episode and window, and not ahead."""
-        token = self._slot_token[None, None, lo:hi]
+    def _window_mask(self, queries: torch.Tensor, keys: torch.Tensor, start: torch.Tensor, dtype) -> torch.Tensor:
+        """Additive [B, 1, k, n_keys] mask: key token visible iff in the row's episode and window, and not ahead."""
+        token = keys[None, None, :]
         query = queries[None, :, None]
         visible = (token >= start[:, None, None]) & (token <= query) & (token > query - self.mem_len)
-        mask = torch.zeros(visible.shape, dtype=self._inputs.dtype, device=visible.device)
+        mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
         # finfo.min rather than -inf: a row with nothing visible then gets uniform weights, not NaN.
         return mask.masked_fill_(~visible, torch.finfo(mask.dtype).min)[:, None]
 
-    def _live_tokens(self) -> torch.Tensor:
+    def _live_tokens(self, state: LMState) -> torch.Tensor:
         """Indices of the old tokens the next step can still attend to, oldest first."""
-        return torch.arange(max(self._t - (self.mem_len - 1), 0), self._t, device=self._inputs.device)
+        return torch.arange(max(state.t - (self.mem_len - 1), 0), state.t, device=state.inputs.device)
 
-    def _relayout(self, capacity: int) -> None:
+    def _relayout(self, state: LMState, capacity: int) -> None:
         """Move the live tokens to the front of buffers of `capacity` slots (nothing is recomputed).
 
         Makes room for the next tokens (every `slack` steps) or for more tokens per step.
         """
-        live = self._live_tokens()
-        old, new = live - self._base, torch.arange(live.numel(), device=live.device)
-        self._cache.resize(capacity, old, new)
-        self._inputs = _move_slots(self._inputs, capacity, old, new, dim=1)
-        self._slot_token = torch.full((capacity,), -1, dtype=torch.long, device=live.device)
-        self._slot_token[new] = live
-        self._base = max(self._t - (self.mem_len - 1), 0)
-        self._capacity = capacity
+        live = self._live_tokens(state)
+        old, new = live - state.base, torch.arange(live.numel(), device=live.device)
+        state.cache.resize(capacity, old, new)
+        state.inputs = _move_slots(state.inputs, capacity, old, new, dim=1)
+        state.slot_token = torch.full((capacity,), -1, dtype=torch.long, device=live.device)
+        state.slot_token[new] = live
+        state.base = max(state.t - (self.mem_len - 1), 0)
+        state.capacity = capacity
 
-    def _rebuild(self) -> None:
+    def _rebuild(self, state: LMState) -> None:
         """Re-encode the window's inputs with positions restarting at 0 in every row.
 
         Needed only for absolute position tables (GPT-2, BERT) once a row's episode outlives
@@ -482,21 +502,21 @@ class LMMemory(Memory):
         the newest token of a long row sits at position mem_len - 1, so the next rebuild is
         `max_positions - mem_len + 1` steps away.
         """
-        self.rebuilds += 1
-        self._cache = _SlotCache(self._capacity)  # empty: the relayout moves only the inputs
-        self._relayout(self._capacity)
-        live = self._live_tokens()
-        self._origin = self._start.clamp_min(self._t - (self.mem_len - 1))
-        self._slot_token.fill_(-1)
+        state.rebuilds += 1
+        state.cache = _SlotCache(state.capacity)  # empty: the relayout moves only the inputs
+        self._relayout(state, state.capacity)
+        live = self._live_tokens(state)
+        state.origin = state.start.clamp_min(state.t - (self.mem_len - 1))
+        state.slot_token.fill_(-1)
         if live.numel() == 0:
             return
-        slots = live - self._base
-        self._slot_token[slots] = live
-        self._cache.write_at, self._cache.visible = slots, slice(0, live.numel())
+        slots = live - state.base
+        state.slot_token[slots] = live
+        state.cache.write_at, state.cache.visible = slots, slice(0, live.numel())
         self._lm(
-            inputs_embeds=self._inputs[:, slots],
-            attention_mask=self._window_mask(live, self._start, 0, live.numel()),
-            position_ids=(live[None, :] - self._origin[:, None]).clamp_min(0),
-            **{self._cache_kwarg: self._cache},
+            inputs_embeds=state.inputs[:, slots],
+            attention_mask=self._window_mask(live, state.slot_token[slots], state.start, state.inputs.dtype),
+            position_ids=(live[None, :] - state.origin[:, None]).clamp_min(0),
+            **{self._cache_kwarg: state.cache},
             use_cache=True,
         )

@@ -1,121 +1,78 @@
-"""The agent's memory: a frozen language model that remembers each env's last `mem_len` tokens.
+"""The memory interface every agent's memory implements, trained or frozen (after POPGym's).
 
-HELM, HELMv2 and SHELM differ only in how an observation becomes input embeddings; what happens
-to those embeddings is the job of a `Memory`. Two implementations exist:
+A memory turns a sequence of per-step inputs into per-step outputs that can depend on the past.
+Its state is explicit and owned by the caller (the rollout, the evaluation loop, eval.py):
 
-* `models.lm_memory.LMMemory`: any Hugging Face text model (GPT-2, Pythia, Llama, BERT/MiniLM);
-* `models.transfo_xl.TransfoXLMemory`: the papers' Transformer-XL (wt103), our own code.
+* ``initial_state(n)``: the state of an empty memory for ``n`` envs;
+* ``step(x, state, starts) -> (y, state)``: one env step; rows where ``starts`` is True begin a
+  new episode and forget everything first;
+* ``scan(xs, state, starts) -> (ys, state)``: a whole ``[T, B, ...]`` sequence, equal to a loop of
+  ``step`` (trained memories run it at once, which is how the PPO update re-runs them);
+* ``peek(x, state, starts) -> y``: what ``step`` would return, with no effect on ``state``;
+* ``trainable``: trained memories are re-run over whole env sequences in the update; frozen ones
+  (the pretrained LMs) are run once per env step and their outputs stored with the rollout.
 
-`build_memory(cfg)` picks one from the config's `lm`; the agents and the trainer see only this
-interface. The state is explicit: `reset` sets the number of rows, `reset_rows` and `step` are the
-only calls that change what is remembered, `peek` never changes anything, and moving the module
-between devices (`.to()`) moves the remembered state with it.
+A trained memory's state is a dict of tensors with the env rows first, so the trainer can slice
+and store it. A frozen LM's state may be a richer object whose key/value buffers its ``step``
+updates in place for speed; those buffers belong to the state, never to the module.
 """
 
 from __future__ import annotations
 
-import os
+from typing import Any
 
 import torch
 from torch import nn
 
-from utils.errors import UserError
-
-
-TRANSFO_XL_NAMES = ("transfo-xl-wt103", "transfo-xl/transfo-xl-wt103")  # short name, hub id
+State = Any  # a dict of [n_envs, ...] tensors for trained memories; memory-specific for frozen LMs
 
 
 class Memory(nn.Module):
-    """Per-env memory of input embeddings, read out as the LM's hidden state at the newest token.
+    """Per-env memory of a stream of inputs. Subclasses set `in_dim`, `out_dim` and implement
+    `initial_state` and `step`; `scan` and `peek` have correct (if slow) defaults."""
 
-    Attributes every implementation sets: `mem_len` (tokens remembered per env), `d_embed` (width
-    of an input token) and `d_model` (width of the output).
-    """
+    trainable: bool = False
+    in_dim: int
+    out_dim: int
 
-    mem_len: int
-    d_embed: int
-    d_model: int
-
-    def token_embeddings(self) -> torch.Tensor:
-        """The LM's input embedding of every token id, [vocab, d_embed] (frozen; no gradient)."""
+    def initial_state(self, n: int) -> State:
         raise NotImplementedError
 
-    def tokenizer(self):
-        """An object with `decode([id])`, `convert_ids_to_tokens(id)`, `get_vocab()` and `len()`,
-        or None when the LM has none available offline (words are then shown as ids)."""
-        return None
-
-    def reset(self, n_envs: int) -> None:
-        """Forget everything and hold `n_envs` rows."""
+    def step(self, x: torch.Tensor, state: State, starts: torch.Tensor) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
-    def reset_rows(self, rows: torch.Tensor) -> None:
-        """Forget what the rows marked True (bool [n_envs]) remember: their episodes start anew."""
-        raise NotImplementedError
+    def scan(self, xs: torch.Tensor, state: State, starts: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """xs [T, B, ...], starts [T, B] -> ys [T, B, out_dim] and the state after the last step."""
+        ys = []
+        for x, start in zip(xs, starts):
+            y, state = self.step(x, state, start)
+            ys.append(y)
+        return torch.stack(ys), state
 
-    def step(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        """Forget rows with `episode_start`, append `embeds` [B, k, d_embed] (or [B, d_embed]),
-        and return the hidden state at each row's newest token, [B, d_model]."""
-        raise NotImplementedError
-
-    def peek(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        """What `step` would return, with no effect on the memory (bootstrapping final observations)."""
-        raise NotImplementedError
-
-
-def is_transfo_xl(lm: str) -> bool:
-    """True when `lm` names the papers' Transformer-XL: its hub id or a directory holding it."""
-    if lm in TRANSFO_XL_NAMES:
-        return True
-    config = os.path.join(os.path.expanduser(lm), "config.json")
-    if os.path.isfile(config):
-        import json
-
-        try:
-            with open(config, encoding="utf-8") as f:
-                return json.load(f).get("model_type") == "transfo-xl"
-        except (OSError, ValueError, AttributeError):
-            return False
-    return False
+    def peek(self, x: torch.Tensor, state: State, starts: torch.Tensor) -> torch.Tensor:
+        """`step`'s output, its new state discarded. Memories whose `step` writes into the state in
+        place override this with a path that never writes."""
+        return self.step(x, state, starts)[0]
 
 
-def build_memory(cfg: dict) -> Memory:
-    """The memory implementation that `cfg["lm"]` names, frozen and in eval mode."""
-    lm = cfg["lm"]
-    if is_transfo_xl(lm):
-        from models.transfo_xl import TransfoXLMemory, load_transfo_xl
+class NoMemory(Memory):
+    """The identity: a memory-free agent (CNN-PPO) acts on its current input alone."""
 
-        if cfg.get("lm_mode", "auto") not in ("auto", "causal"):
-            raise UserError(f"lm_mode={cfg['lm_mode']!r} does not apply to Transformer-XL, which is causal; use 'auto'")
-        reset = cfg.get("mem_reset", "auto")
-        reset = "zero" if reset == "auto" else reset  # the original: an episode end zeroes the env's mems
-        model = _in_precision(load_transfo_xl(lm, cfg.get("lm_layers")), cfg)
-        return TransfoXLMemory(model, cfg["mem_len"], reset=reset)
-    from models.lm_memory import LMMemory, load_frozen_lm
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.in_dim = self.out_dim = dim
 
-    if cfg.get("mem_reset", "auto") == "zero":
-        raise UserError(f"mem_reset={cfg['mem_reset']!r} is only available for Transformer-XL; other LMs mask earlier episodes")
-    model = _in_precision(load_frozen_lm(lm, cfg.get("lm_layers")), cfg)
-    return LMMemory(model, cfg["mem_len"], cfg.get("lm_mode", "auto"), name=lm)
+    def initial_state(self, n: int) -> State:
+        return {}
+
+    def step(self, x: torch.Tensor, state: State, starts: torch.Tensor) -> tuple[torch.Tensor, State]:
+        return x, state
 
 
-def _in_precision(model: nn.Module, cfg: dict) -> nn.Module:
-    """precision=bf16: the frozen LM holds bfloat16 weights, so its memory (keys, values) is bf16 too.
-
-    Reading the cached keys and values and the weights is most of a memory step; bf16 halves
-    both. Agents still see fp32 outputs, and the FrozenHopfield keeps an fp32 vocabulary.
-    """
-    return model.to(torch.bfloat16) if cfg.get("precision", "fp32") == "bf16" else model
+def select_rows(state: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The state of some envs (a trained memory's state dict; env rows first)."""
+    return {name: value[rows] for name, value in state.items()}
 
 
-def load_lm_tokenizer(lm: str):
-    """The tokenizer of `lm` (what defines SHELM's LM vocabulary): Transformer-XL's word vocabulary,
-    or a Hugging Face tokenizer (local files first, the hub only when reachable)."""
-    if is_transfo_xl(lm):
-        from models.transfo_xl import load_transfo_xl_vocab
-
-        return load_transfo_xl_vocab(lm)
-    from models.lm_memory import load_tokenizer, resolve_lm_path
-    from utils.hub import expect_text_model
-
-    return load_tokenizer(resolve_lm_path(lm), "LM", expect=expect_text_model)
+def detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: value.detach() for name, value in state.items()}

@@ -20,17 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from models.clip_encoder import CLIPImageEncoder, load_clip
-from models.helm import LMMemoryAgent
+from models.helm import FrozenEncoder, LMMemoryAgent, frozen_memory
 from models.helmv2 import clip_cache_log
+from models.vocabulary import Vocabulary
 from models.semantic_db import default_db_path, load_database, retrieve_topk
 from utils.errors import UserError
 
 
-class SHELM(LMMemoryAgent):
-    frozen_prefixes = ("image_encoder.clip.",)
+class WordRetrievalEncoder(FrozenEncoder):
+    """SHELM's map: CLIP retrieves the top-k words of each frame; their LM token embeddings are the inputs."""
 
-    def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
-        super().__init__(obs_shape, n_actions, cfg)
+    def __init__(self, vocabulary: Vocabulary, cfg: dict) -> None:
+        super().__init__(vocabulary)
         # CLIP (and, in load_database, the templates) before the database: a "build it with
         # prepare_embeddings.py ..." hint must name a command that can work.
         self.image_encoder = CLIPImageEncoder(load_clip(cfg["clip_model"]), cfg["clip_cache_size"])
@@ -39,36 +40,43 @@ class SHELM(LMMemoryAgent):
         self.topk: int = cfg["topk"]
         if not 1 <= self.topk <= len(db["words"]):
             raise UserError(f"topk={self.topk} but the semantic database {path} holds {len(db['words'])} words")
-        vocab_size = self.memory.token_embeddings().shape[0]
+        vocab_size = len(vocabulary)
         if int(db["lm_ids"].max()) >= vocab_size:
             raise UserError(f"semantic database {path} has LM token ids beyond the LM's {vocab_size} embeddings; rebuild it")
         if db["embeddings"].shape[1] != self.image_encoder.embed_dim:
             raise UserError(f"semantic database {path} has {db['embeddings'].shape[1]}-d embeddings, CLIP gives "
                             f"{self.image_encoder.embed_dim}-d; rebuild it with prepare_embeddings.py")
-        self.words: list[str] = list(db["words"])
+        self.db_words: list[str] = list(db["words"])
         # Rebuilt from the database file, so not part of checkpoints.
         self.register_buffer("db_embeddings", F.normalize(db["embeddings"].float(), dim=-1), persistent=False)
         self.register_buffer("db_lm_ids", db["lm_ids"].long(), persistent=False)
-        self._logged_counts = (0, 0)
 
     def retrieve(self, obs: torch.Tensor) -> torch.Tensor:
         """Database indices of the top-k words of each observation, [B, k], most similar first."""
         return retrieve_topk(self.image_encoder(obs), self.db_embeddings, self.topk, db_normalized=True)[1]
 
-    def encode_memory(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         idx = self.retrieve(obs)
-        embeds = self.memory.token_embeddings()[self.db_lm_ids[idx]]  # [B, k, d_embed]
+        embeds = self.vocabulary.embeddings()[self.db_lm_ids[idx]]  # [B, k, d_embed]
         return embeds, {"memory_tokens": idx}
 
-    def memory_inputs(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.encode_memory(obs)[0]
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.encode(obs)[0]
 
     # Words come straight from the database: no nearest-token search, no tokenizer.
     def trace_items(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor]) -> torch.Tensor:
         return extra["memory_tokens"]
 
-    def memory_words(self, items: torch.Tensor) -> list[list[str]]:
-        return [[self.words[i] for i in row] for row in items.tolist()]
+    def words(self, items: torch.Tensor) -> list[list[str]]:
+        return [[self.db_words[i] for i in row] for row in items.tolist()]
 
     def step_log(self) -> dict[str, float]:
         return clip_cache_log(self)
+
+
+class SHELM(LMMemoryAgent):
+    frozen_prefixes = ("encoder.image_encoder.clip.",)
+
+    def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
+        memory, vocabulary = frozen_memory(cfg)
+        super().__init__(obs_shape, n_actions, cfg, WordRetrievalEncoder(vocabulary, cfg), memory)

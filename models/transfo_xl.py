@@ -191,6 +191,16 @@ class AdaptiveEmbedding(nn.Module):
         """The embedding of every id, [n_token, d_model]."""
         return torch.cat([self._cluster(j, layer.weight) for j, layer in enumerate(self.emb_layers)])
 
+    def cached_table(self) -> torch.Tensor:
+        """`table()` computed once per device and dtype of the weights (the LM is frozen)."""
+        weight = self.emb_layers[0].weight
+        cached = getattr(self, "_table", None)
+        if cached is None or cached.device != weight.device or cached.dtype != weight.dtype:
+            with torch.no_grad():
+                cached = self.table().detach()
+            object.__setattr__(self, "_table", cached)  # a plain attribute: never in a state dict
+        return cached
+
 
 class SinusoidTable(nn.Module):
     """[sin(d * f) || cos(d * f)] for relative distances d; `inv_freq` is stored in the checkpoint."""
@@ -308,12 +318,35 @@ class TransfoXL(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class TrXLState:
+    """What a `TransfoXLMemory` remembers for `n` envs: per layer, the keys and values of each
+    row's last mem_len - 1 tokens, in ring buffers that `step` writes in place.
+
+    Tokens are numbered by their absolute index t = 0, 1, ... (all rows advance together); token t
+    lives in slot t % capacity.
+    """
+
+    keys: list[torch.Tensor]  # per layer [B, H, d_head, slot] (laid out for q @ k)
+    values: list[torch.Tensor]  # per layer [B, H, slot, d_head] (laid out for weights @ v)
+    start: torch.Tensor  # [B] first token of each row's episode
+    t: int = 0  # tokens appended so far
+    tokens_encoded: int = 0  # tokens per row whose keys/values were computed (each once)
+
+    def to(self, device: torch.device | str) -> TrXLState:
+        """This memory on another device (in place; returns itself)."""
+        self.keys, self.values = [k.to(device) for k in self.keys], [v.to(device) for v in self.values]
+        self.start = self.start.to(device)
+        return self
+
+
 class TransfoXLMemory(Memory):
     """Transformer-XL with a per-layer key/value ring buffer of each env's last mem_len - 1 tokens.
 
     See the module docstring for the window and the two `reset` modes. The model is not a
     registered submodule (it is frozen, stays in eval mode and is reloaded by name rather than
-    stored in checkpoints), but `.to()` moves it, and the remembered state moves with it.
+    stored in checkpoints), but `.to()` moves it. What it remembers is a `TrXLState` that the
+    caller holds; `step` writes the new tokens' keys and values into it, `peek` writes nothing.
     """
 
     def __init__(self, model: TransfoXL, mem_len: int, reset: str = "mask") -> None:
@@ -325,17 +358,12 @@ class TransfoXLMemory(Memory):
         object.__setattr__(self, "_model", model)  # not registered: see the class docstring
         self.mem_len = mem_len
         self.reset_mode = reset
-        self.d_model = model.config.d_model
-        self.d_embed = model.config.d_model
+        self.in_dim = self.out_dim = model.config.d_model
         self._capacity = mem_len - 1  # keys/values kept per row and layer
         c = model.config
         # Distances whose position term can differ: 0..mem_len-1, fewer when clamp_len clamps them.
         self._n_dist = min(c.clamp_len, mem_len - 1) + 1 if c.clamp_len > 0 else mem_len
-        self._n_envs: int | None = None
-        self._embedding_table: torch.Tensor | None = None
         self._position_keys: list[torch.Tensor] | None = None
-        self._vocab = None  # None: not looked for yet; False: none available
-        self.tokens_encoded = 0  # tokens per row since reset() whose keys/values were computed (each once)
 
     @property
     def model(self) -> TransfoXL:
@@ -344,91 +372,56 @@ class TransfoXLMemory(Memory):
     def extra_repr(self) -> str:
         return f"lm={self._model.lm_name or 'TransfoXL'}, layers={len(self._model.layers)}, mem_len={self.mem_len}, reset={self.reset_mode!r}"
 
-    # -- what the agents read ---------------------------------------------------------------------
-
-    def token_embeddings(self) -> torch.Tensor:
-        """The adaptive input embedding (with its sqrt(d_model) scale) of every id, [n_token, d_model]."""
-        if self._embedding_table is None:
-            with torch.no_grad():
-                self._embedding_table = self._model.word_emb.table().detach()
-        return self._embedding_table
-
-    def tokenizer(self) -> TransfoXLVocab | None:
-        if self._vocab is None:
-            path = self._model.vocab_file
-            self._vocab = load_vocab(path) if path else False
-        return self._vocab or None
-
     def _apply(self, fn, recurse=True):
         self._model._apply(fn)
-        if self._n_envs is not None:  # keep what is remembered, on the new device / in the new dtype
-            self._keys = [fn(t) for t in self._keys]
-            self._values = [fn(t) for t in self._values]
-            self._start = fn(self._start).long()
-        self._embedding_table = None
         self._position_keys = None
         return super()._apply(fn, recurse)
 
     # -- state -------------------------------------------------------------------------------------
 
-    def reset(self, n_envs: int) -> None:
-        """Forget everything and hold `n_envs` rows (zero mode: mem_len zero positions, as HF's init_mems)."""
+    def initial_state(self, n: int) -> TrXLState:
+        """An empty memory for `n` rows (zero mode: mem_len zero positions, as HF's init_mems)."""
         c = self._model.config
         weight = self._model.word_emb.emb_layers[0].weight
-        # keys [B, H, d_head, slot] (laid out for q @ k), values [B, H, slot, d_head] (for weights @ v)
-        self._keys = [weight.new_zeros(n_envs, c.n_head, c.d_head, self._capacity) for _ in self._model.layers]
-        self._values = [weight.new_zeros(n_envs, c.n_head, self._capacity, c.d_head) for _ in self._model.layers]
-        # Tokens are numbered by their absolute index t = 0, 1, ... (all rows advance together);
-        # token t lives in slot t % capacity.
-        self._t = 0
-        self._start = torch.zeros(n_envs, dtype=torch.long, device=weight.device)  # first token of each row's episode
-        self._n_envs = n_envs
-        self.tokens_encoded = 0
+        return TrXLState(
+            keys=[weight.new_zeros(n, c.n_head, c.d_head, self._capacity) for _ in self._model.layers],
+            values=[weight.new_zeros(n, c.n_head, self._capacity, c.d_head) for _ in self._model.layers],
+            start=torch.zeros(n, dtype=torch.long, device=weight.device),
+        )
 
-    def reset_rows(self, rows: torch.Tensor) -> None:
-        """Rows marked True (bool [n_envs]) start a new episode."""
-        self._require_state()
-        rows = torch.as_tensor(rows).to(torch.bool).reshape(self._n_envs)
-        if not rows.any():  # most steps: nothing to do (and nothing to copy)
-            return
-        rows = rows.to(self._start.device)
-        self._start = torch.where(rows, self._t, self._start)
-        if self.reset_mode == "zero":
-            index = rows.nonzero().squeeze(1)
-            for buffer in (*self._keys, *self._values):
-                buffer.index_fill_(0, index, 0)
+    def step(self, embeds: torch.Tensor, state: TrXLState, starts: torch.Tensor) -> tuple[torch.Tensor, TrXLState]:
+        """Append k tokens per env (rows with `starts` forget first); hidden state of the newest, [B, d_model].
 
-    def step(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
-        """Append k tokens per env (rows with `episode_start` forget first); hidden state of the newest, [B, d_model].
-
-        embeds: [B, k, d_model] (or [B, d_model] for k = 1); episode_start: bool [B] (tensor or array).
+        embeds: [B, k, d_model] (or [B, d_model] for k = 1); starts: bool [B] (tensor or array).
+        The state's buffers are updated in place; the returned state is the same object.
         """
-        embeds, _ = self._check(embeds, episode_start)
-        self.reset_rows(episode_start)
-        return self._advance(embeds, self._start, None, commit=True)
+        embeds, restart = self._check(embeds, state, starts)
+        if restart.any():  # most steps: nothing to do (and nothing to copy)
+            state.start = torch.where(restart, state.t, state.start)
+            if self.reset_mode == "zero":
+                index = restart.nonzero().squeeze(1)
+                for buffer in (*state.keys, *state.values):
+                    buffer.index_fill_(0, index, 0)
+        return self._advance(embeds, state, state.start, None, commit=True), state
 
-    def peek(self, embeds: torch.Tensor, episode_start: torch.Tensor) -> torch.Tensor:
+    def peek(self, embeds: torch.Tensor, state: TrXLState, starts: torch.Tensor) -> torch.Tensor:
         """What `step` would return; nothing remembered changes (to bootstrap final observations)."""
-        embeds, restart = self._check(embeds, episode_start)
-        start = torch.where(restart, self._t, self._start)
+        embeds, restart = self._check(embeds, state, starts)
+        start = torch.where(restart, state.t, state.start)
         forgotten = restart if self.reset_mode == "zero" else None
-        return self._advance(embeds, start, forgotten, commit=False)
+        return self._advance(embeds, state, start, forgotten, commit=False)
 
-    def _require_state(self) -> None:
-        if self._n_envs is None:
-            raise RuntimeError("TransfoXLMemory.reset(n_envs) must be called before step()/peek()/reset_rows()")
-
-    def _check(self, embeds: torch.Tensor, episode_start) -> tuple[torch.Tensor, torch.Tensor]:
-        self._require_state()
+    def _check(self, embeds: torch.Tensor, state: TrXLState, starts) -> tuple[torch.Tensor, torch.Tensor]:
+        n = state.start.shape[0]
         if embeds.dim() == 2:
             embeds = embeds[:, None]
-        if embeds.dim() != 3 or embeds.shape[0] != self._n_envs or embeds.shape[2] != self.d_embed:
-            raise ValueError(f"embeds must be [{self._n_envs}, k, {self.d_embed}], got {tuple(embeds.shape)}")
+        if embeds.dim() != 3 or embeds.shape[0] != n or embeds.shape[2] != self.in_dim:
+            raise ValueError(f"embeds must be [{n}, k, {self.in_dim}], got {tuple(embeds.shape)}")
         if embeds.shape[1] == 0:
             raise ValueError("embeds must hold at least one token per env")
         cache = self._model.word_emb.emb_layers[0].weight
         embeds = embeds.to(device=cache.device, dtype=cache.dtype)
-        restart = torch.as_tensor(episode_start, device=cache.device).to(torch.bool).reshape(self._n_envs)
+        restart = torch.as_tensor(starts, device=cache.device).to(torch.bool).reshape(n)
         return embeds, restart
 
     def _positions(self) -> list[torch.Tensor]:
@@ -438,8 +431,9 @@ class TransfoXLMemory(Memory):
         return self._position_keys
 
     @torch.no_grad()
-    def _advance(self, x: torch.Tensor, start: torch.Tensor, forgotten: torch.Tensor | None, commit: bool) -> torch.Tensor:
-        """Run k new tokens through every layer against the buffers.
+    def _advance(self, x: torch.Tensor, state: TrXLState, start: torch.Tensor, forgotten: torch.Tensor | None,
+                 commit: bool) -> torch.Tensor:
+        """Run k new tokens through every layer against the state's buffers.
 
         start: first token of each row's episode (mask mode hides keys before it); forgotten:
         rows whose buffers count as zero (zero mode's peek at an episode start), else None.
@@ -447,7 +441,7 @@ class TransfoXLMemory(Memory):
         """
         model, c = self._model, self._model.config
         B, k, _ = x.shape
-        H, D, C, t = c.n_head, c.d_head, self._capacity, self._t
+        H, D, C, t = c.n_head, c.d_head, self._capacity, state.t
         device = x.device
         last = self.mem_len - 1  # largest visible distance
 
@@ -473,7 +467,7 @@ class TransfoXLMemory(Memory):
             attn = block.dec_attn
             r_w, r_r = model.biases(i)
             q, key, value = attn.qkv_net(x).reshape(B, k, 3, H, D).permute(2, 0, 3, 1, 4)  # each [B, H, k, D]
-            old_keys, old_values = self._keys[i], self._values[i]
+            old_keys, old_values = state.keys[i], state.values[i]
             content_q = q + r_w[:, None, :]
             old_score = content_q @ old_keys  # [B, H, k, C]
             if keep is not None:
@@ -498,8 +492,8 @@ class TransfoXLMemory(Memory):
                 old_values.index_copy_(2, slots, value[:, :, kept].to(old_values.dtype))
             x = out
         if commit:
-            self._t += k
-            self.tokens_encoded += k
+            state.t += k
+            state.tokens_encoded += k
         return x[:, -1].contiguous()
 
 

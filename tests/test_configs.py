@@ -155,10 +155,10 @@ def test_config_builds_and_steps_with_tiny_models(path: Path, tiny_models):
             assert agent.memory.mem_len == cfg["mem_len"]
         obs, _ = envs.reset(seed=cfg["seed"])
         starts = np.ones(cfg["n_envs"], dtype=bool)
-        agent.reset_memory(cfg["n_envs"])
+        state = agent.initial_state(cfg["n_envs"])
         with torch.no_grad():
             for _ in range(3):
-                out = agent.act(torch.as_tensor(obs), torch.as_tensor(starts))
+                out, state = agent.act(torch.as_tensor(obs), state, torch.as_tensor(starts))
                 obs, rewards, terminated, truncated, _ = envs.step(out.actions.numpy())
                 starts = terminated | truncated
         assert obs.shape == (cfg["n_envs"], *envs.single_observation_space.shape)

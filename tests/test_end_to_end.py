@@ -137,14 +137,14 @@ def test_ctrl_c_during_start_up_is_a_clean_exit(monkeypatch, experiments, capsys
 
 
 def test_non_finite_loss_stops_with_a_clear_message(experiments, capsys, monkeypatch):
-    from models.cnn_ppo import CNNPPO
+    from models.base import MemoryAgent
 
-    original = CNNPPO.evaluate
+    original = MemoryAgent.evaluate
 
     def poisoned(self, batch):
         log_probs, entropy, values = original(self, batch)
         return log_probs, entropy, values * float("nan")
 
-    monkeypatch.setattr(CNNPPO, "evaluate", poisoned)
+    monkeypatch.setattr(MemoryAgent, "evaluate", poisoned)
     assert run_main("--var", "model=CNN-PPO", "--run-id", "nan", experiments=experiments) == 1
     assert "non-finite loss" in capsys.readouterr().err

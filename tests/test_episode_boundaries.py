@@ -42,11 +42,14 @@ class ConstantValueAgent(Agent):
         self.w = torch.nn.Parameter(torch.zeros(2))
         self.peeked = []
 
-    def act(self, obs, episode_start, deterministic=False):
-        n = obs.shape[0]
-        return ActOutput(torch.zeros(n, dtype=torch.long), torch.full((n,), VALUE), torch.zeros(n))
+    def initial_state(self, n_envs):
+        return {}
 
-    def peek_values(self, obs, episode_start):
+    def act(self, obs, state, episode_start, deterministic=False):
+        n = obs.shape[0]
+        return ActOutput(torch.zeros(n, dtype=torch.long), torch.full((n,), VALUE), torch.zeros(n)), state
+
+    def peek_values(self, obs, state, episode_start):
         self.peeked.append(obs.clone())
         return torch.full((obs.shape[0],), VALUE)
 
@@ -69,6 +72,7 @@ def test_truncation_bootstraps_from_final_observation_and_termination_does_not()
     trainer = _trainer(envs)
     trainer.obs, _ = envs.reset(seed=0)
     trainer.episode_start = np.ones(2, dtype=bool)
+    trainer.memory_state = trainer.agent.initial_state(2)
     trainer.collect_rollout()
     r, dones, starts = trainer.rollout.rewards, trainer.rollout.dones, trainer.rollout.episode_starts
     # step index 2 ends both episodes

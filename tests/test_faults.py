@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, run_main
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import FORMAT, load_checkpoint
 
 CNN = ["--var", "model=CNN-PPO", "--var", "env=CueRecall-D1-v0"]
 
@@ -201,11 +201,14 @@ def test_an_old_format_checkpoint_resumes_with_the_new_keys_defaults(experiments
     config = {k: v for k, v in payload["config"].items() if k not in ("mem_reset", "best_min_episodes", "ckpt_last_every_s")}
     config["save_ckpt"] = 1  # format 1 stored it as an int
     stats = {k: v for k, v in payload["episode_stats"].items() if k != "recent_successes"}
-    torch.save({**payload, "format": 1, "config": config, "episode_stats": stats, "best_mean_return": 0.9},
-               run / "ckpt_last.pt")
+    # format 1 named CNN-PPO's CNN `cnn.*` (today `encoder.*`)
+    agent = {("cnn." + k[len("encoder."):] if k.startswith("encoder.") else k): v for k, v in payload["agent"].items()}
+    assert any(k.startswith("cnn.") for k in agent)
+    torch.save({**payload, "format": 1, "config": config, "agent": agent, "episode_stats": stats,
+                "best_mean_return": 0.9}, run / "ckpt_last.pt")
     assert main.main(["--resume", str(run), "--var", "n_steps=96", "--no-progress"]) == 0
     resumed = load_checkpoint(run / "ckpt_last.pt")
-    assert resumed["format"] == 2 and resumed["step"] == 96
+    assert resumed["format"] == FORMAT and resumed["step"] == 96
     assert resumed["config"]["best_min_episodes"] == 100 and resumed["config"]["save_ckpt"] is True
     assert json.loads((run / "config.json").read_text())["mem_reset"] == "auto"
 

@@ -70,22 +70,22 @@ def test_psychlab_keeps_the_original_height_mean():
 
 def test_helm_memory_input_equals_the_original_frozen_hopfield(lm_dir):
     agent = _helm(lm_dir)
-    hopfield = agent.hopfield
-    assert hopfield.projection.shape == (agent.memory.d_embed, 56 * 56)
+    hopfield = agent.encoder.hopfield
+    assert hopfield.projection.shape == (agent.memory.in_dim, 56 * 56)
     # N(0, 1/d): the original's std = 1/sqrt(hidden_dim)
-    assert abs(hopfield.projection.std().item() * math.sqrt(agent.memory.d_embed) - 1) < 0.02
+    assert abs(hopfield.projection.std().item() * math.sqrt(agent.memory.in_dim) - 1) < 0.02
     obs = np.random.default_rng(1).integers(0, 256, size=(5, 56, 56, 3), dtype=np.uint8)
     expected = original_frozen_hopfield(
-        torch.as_tensor(sb3_vec_transpose_image(obs)), hopfield.projection, agent.memory.token_embeddings(), 100.0
+        torch.as_tensor(sb3_vec_transpose_image(obs)), hopfield.projection, agent.vocabulary.embeddings(), 100.0
     )
-    ours = agent.memory_inputs(torch.as_tensor(obs))[:, 0]
+    ours = agent.encoder(torch.as_tensor(obs))[:, 0]
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_checkpoint_of_the_old_height_mean_layout_is_refused_in_one_line(lm_dir):
     agent = _helm(lm_dir)
     state = agent.checkpoint_state()
-    state["hopfield.projection"] = torch.randn(agent.memory.d_embed, 56 * 3)  # W*C: the old input
+    state["encoder.hopfield.projection"] = torch.randn(agent.memory.in_dim, 56 * 3)  # W*C: the old input
     with pytest.raises(UserError, match="older layout"):
         _helm(lm_dir).load_checkpoint_state(state)
 

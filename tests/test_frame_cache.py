@@ -58,8 +58,8 @@ def test_helm_with_the_cache_feeds_the_memory_what_it_would_without(lm_dir):
     frames = torch.from_numpy(_frames(6, 1))
     batches = [frames[:4], frames[2:6], torch.cat([frames[:2], frames[:2]])]
     for batch in batches:
-        assert torch.allclose(cached.memory_inputs(batch), plain.memory_inputs(batch), atol=1e-6)
+        assert torch.allclose(cached.encoder(batch), plain.encoder(batch), atol=1e-6)
     # 4 new; then 2 hits + 2 new; then 4 hits
-    assert (cached.hopfield_cache.hits, cached.hopfield_cache.misses) == (6, 6)
+    assert (cached.encoder.cache.hits, cached.encoder.cache.misses) == (6, 6)
     assert cached.step_log() == {"hopfield/cache_entries": 6.0, "hopfield/cache_hit_rate": 0.5}
-    assert plain.step_log() == {} and len(plain.hopfield_cache) == 0
+    assert plain.step_log() == {} and len(plain.encoder.cache) == 0

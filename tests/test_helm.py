@@ -27,9 +27,9 @@ def _cfg(lm, **kw):
 def test_projection_survives_checkpoint_reload(lm_dir):
     agent = build_agent("HELM", (56, 56, 3), 7, _cfg(lm_dir, seed=1))
     other = build_agent("HELM", (56, 56, 3), 7, _cfg(lm_dir, seed=2))
-    assert not torch.equal(agent.hopfield.projection, other.hopfield.projection)
+    assert not torch.equal(agent.encoder.hopfield.projection, other.encoder.hopfield.projection)
     other.load_checkpoint_state(agent.checkpoint_state())
-    assert torch.equal(agent.hopfield.projection, other.hopfield.projection)
+    assert torch.equal(agent.encoder.hopfield.projection, other.encoder.hopfield.projection)
     # the frozen LM is reloaded from `lm`, never written into checkpoints
     assert not any(k.startswith("memory") and "lm" in k for k in agent.checkpoint_state())
 
@@ -41,14 +41,14 @@ def test_update_trains_only_cnn_and_heads_and_never_runs_the_lm(lm_dir, monkeypa
     lm_before = {k: v.clone() for k, v in agent.memory.lm.state_dict().items()}
     trainer = PPOTrainer(cfg, agent, envs, torch.device("cpu"), progress=False)
     trainable = {n for g in trainer.optimizer.param_groups for p in g["params"] for n, q in agent.named_parameters() if p is q}
-    assert trainable == {n for n, _ in agent.named_parameters() if n.startswith(("cnn.", "heads."))}
+    assert trainable == {n for n, _ in agent.named_parameters() if n.startswith(("skip.", "heads."))}
     assert all(not p.requires_grad for p in agent.memory.lm.parameters())
 
     trainer.obs, _ = envs.reset(seed=0)
     trainer.episode_start = torch.ones(2, dtype=torch.bool).numpy()
-    agent.reset_memory(2)
+    trainer.memory_state = agent.initial_state(2)
     trainer.collect_rollout()
-    assert trainer.rollout.features["lm_out"].shape == (8, 2, agent.memory.d_model)
+    assert trainer.rollout.features["memory_out"].shape == (8, 2, agent.memory.out_dim)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the PPO update must not run the language model")
@@ -73,10 +73,11 @@ def test_rollout_lm_outputs_are_what_the_policy_saw(lm_dir):
     trainer = PPOTrainer(cfg, agent, envs, torch.device("cpu"), progress=False)
     trainer.obs, _ = envs.reset(seed=0)
     trainer.episode_start = torch.ones(2, dtype=torch.bool).numpy()
-    agent.reset_memory(2)
+    trainer.memory_state = agent.initial_state(2)
     trainer.collect_rollout()
     r = trainer.rollout
-    batch = {"obs": r.obs.flatten(0, 1), "actions": r.actions.flatten(), "lm_out": r.features["lm_out"].flatten(0, 1)}
+    batch = {"obs": r.obs.flatten(0, 1), "actions": r.actions.flatten(),
+             "memory_out": r.features["memory_out"].flatten(0, 1)}
     log_probs, _, values = agent.evaluate(batch)
     assert torch.allclose(values, r.values.flatten(), atol=1e-5)
     assert torch.allclose(log_probs, r.log_probs.flatten(), atol=1e-5)
@@ -112,12 +113,13 @@ def test_bad_lm_values_are_one_line_errors(tmp_path, experiments, capsys):
 def test_memory_words_search_each_distinct_input_once(lm_dir):
     """Traces name each memory input by its nearest token; repeated inputs reuse the first search."""
     agent = build_agent("HELM", (56, 56, 3), 7, _cfg(lm_dir))
-    vocab = agent.memory.token_embeddings()
+    vocab = agent.vocabulary.embeddings()
     items = torch.stack([vocab[[5, 9]], vocab[[9, 5]], vocab[[5, 5]]]) * 3.0  # [3 rows, k=2, d]
     searched = []
-    nearest = agent.nearest_tokens
-    agent.nearest_tokens = lambda embeds: searched.append(len(embeds)) or nearest(embeds)
-    words = agent.memory_words(items)
-    assert words == [agent.token_texts([5, 9]), agent.token_texts([9, 5]), agent.token_texts([5, 5])]
-    assert agent.memory_words(items[1:]) == words[1:]
+    nearest = agent.vocabulary.nearest_tokens
+    agent.vocabulary.nearest_tokens = lambda embeds: searched.append(len(embeds)) or nearest(embeds)
+    words = agent.encoder.words(items)
+    texts = agent.vocabulary.token_texts
+    assert words == [texts([5, 9]), texts([9, 5]), texts([5, 5])]
+    assert agent.encoder.words(items[1:]) == words[1:]
     assert searched == [2]  # two distinct inputs, searched once

@@ -95,7 +95,7 @@ def cue_frames() -> torch.Tensor:
 def test_retrieval_returns_the_true_topk(tiny):
     agent = agent_for("SHELM", make_cfg(tiny, topk=3))
     obs = frames(6, seed=1)
-    idx = agent.retrieve(obs)
+    idx = agent.encoder.retrieve(obs)
     assert idx.shape == (6, 3) and idx.dtype == torch.long
     assert torch.equal(idx, brute_force_topk(tiny, obs, 3))
 
@@ -106,40 +106,40 @@ def test_k_tokens_per_step_and_per_env_resets_as_in_helm(tiny):
     cfg = make_cfg(tiny, topk=k, mem_len=5)
     agent = agent_for("SHELM", cfg)
     reference = LMMemory(load_frozen_lm(tiny["lm"]), cfg["mem_len"])
-    embeddings = reference.token_embeddings()
+    embeddings = reference.lm.get_input_embeddings().weight.detach()
     lm_ids = torch.load(tiny["db"], weights_only=True)["lm_ids"]
     starts = torch.zeros(steps, n_envs, dtype=torch.bool)
     starts[0] = True
     starts[3, 1] = starts[5, 0] = True  # envs restart at different steps
     obs = frames(steps * n_envs, seed=2).view(steps, n_envs, *OBS_SHAPE)
 
-    agent.reset_memory(n_envs)
-    reference.reset(n_envs)
+    state = agent.initial_state(n_envs)
+    reference_state = reference.initial_state(n_envs)
     fresh = LMMemory(load_frozen_lm(tiny["lm"]), cfg["mem_len"])  # env 1 alone, from its restart on
-    fresh.reset(1)
+    fresh_state = fresh.initial_state(1)
     with torch.no_grad():
         for t in range(steps):
-            out = agent.act(obs[t], starts[t])
+            out, state = agent.act(obs[t], state, starts[t])
             words = brute_force_topk(tiny, obs[t], k)
             assert torch.equal(out.features["memory_tokens"], words)
-            expected = reference.step(embeddings[lm_ids[words]], starts[t])
-            torch.testing.assert_close(out.features["lm_out"], expected, atol=1e-5, rtol=1e-5)
+            expected, reference_state = reference.step(embeddings[lm_ids[words]], reference_state, starts[t])
+            torch.testing.assert_close(out.features["memory_out"], expected, atol=1e-5, rtol=1e-5)
             if t >= 3:  # a reset row forgets its old episode and leaves the other rows alone
-                alone = fresh.step(embeddings[lm_ids[words[1:2]]], starts[t, 1:2])
-                torch.testing.assert_close(out.features["lm_out"][1:2], alone, atol=1e-5, rtol=1e-5)
+                alone, fresh_state = fresh.step(embeddings[lm_ids[words[1:2]]], fresh_state, starts[t, 1:2])
+                torch.testing.assert_close(out.features["memory_out"][1:2], alone, atol=1e-5, rtol=1e-5)
     # mem_len counts tokens: the window holds mem_len tokens, i.e. fewer steps when k > 1
     assert agent.memory.mem_len == 5
 
 
 def test_words_in_traces_and_tensorboard_text(tiny):
     agent = agent_for("SHELM", make_cfg(tiny, topk=2))
-    agent.reset_memory(2)
+    state = agent.initial_state(2)
     cues = cue_frames()
     with torch.no_grad():
-        out = agent.act(cues[[0, 1]], torch.tensor([True, True]))
+        out, state = agent.act(cues[[0, 1]], state, torch.tensor([True, True]))
         described = agent.describe_step(out)
-        agent.act(cues[[2, 2]], torch.tensor([False, False]))
-        agent.act(cues[[0, 0]], torch.tensor([True, False]))
+        _, state = agent.act(cues[[2, 2]], state, torch.tensor([False, False]))
+        agent.act(cues[[0, 0]], state, torch.tensor([True, False]))
     expected = [[tiny["words"][i] for i in row] for row in out.features["memory_tokens"].tolist()]
     assert described == [{"words": w} for w in expected]
     text = agent.step_text()["memory/words"]
@@ -167,28 +167,29 @@ def test_missing_or_mismatched_database_names_the_command(tiny, tmp_path, monkey
 
 def test_helmv2_statistics_are_fixed_and_survive_a_checkpoint(tiny, monkeypatch):
     agent = agent_for("HELMv2", make_cfg(tiny))
-    assert not agent.to_tokens.ready
+    assert not agent.encoder.to_tokens.ready
     obs = frames(4, seed=3)
     with torch.no_grad():
-        first = agent.memory_inputs(obs)  # estimates the statistics from a random policy's frames
-    assert first.shape == (4, 1, agent.memory.d_embed) and agent.to_tokens.ready
+        first = agent.encoder(obs)  # estimates the statistics from a random policy's frames
+    assert first.shape == (4, 1, agent.memory.in_dim) and agent.encoder.to_tokens.ready
     # Fixed statistics: an observation's embedding does not depend on the rest of the batch.
-    torch.testing.assert_close(agent.memory_inputs(obs[:1]), first[:1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(agent.encoder(obs[:1]), first[:1], atol=1e-5, rtol=1e-5)
     # On the statistics sample the inputs have the LM's per-dimension token mean and std.
     from models.helmv2 import STATS_FRAMES, random_policy_frames
 
-    sample = agent.memory_inputs(torch.as_tensor(random_policy_frames("CueRecall-D1-v0", STATS_FRAMES, 0)))[:, 0]
-    tokens = agent.memory.token_embeddings()
+    sample = agent.encoder(torch.as_tensor(random_policy_frames("CueRecall-D1-v0", STATS_FRAMES, 0)))[:, 0]
+    tokens = agent.vocabulary.embeddings()
     torch.testing.assert_close(sample.mean(0), tokens.mean(0), atol=1e-3, rtol=0)
     # (up to batch-norm's eps: a feature of variance v is scaled by 1/sqrt(v + eps), not 1/sqrt(v))
     from models.helmv2 import EPS
 
-    shrink = (1 - EPS / agent.to_tokens.feature_std**2).sqrt()
+    shrink = (1 - EPS / agent.encoder.to_tokens.feature_std**2).sqrt()
     torch.testing.assert_close(sample.std(0, unbiased=False), tokens.std(0) * shrink, atol=1e-3, rtol=1e-2)
 
     state = agent.checkpoint_state()
-    assert {"to_tokens.feature_mean", "to_tokens.feature_std", "to_tokens.projection", "to_tokens.ready"} <= set(state)
-    assert not any(key.startswith("image_encoder.clip.") for key in state)
+    assert {"encoder.to_tokens.feature_mean", "encoder.to_tokens.feature_std", "encoder.to_tokens.projection",
+            "encoder.to_tokens.ready"} <= set(state)
+    assert not any(key.startswith("encoder.image_encoder.clip.") for key in state)
 
     def no_estimation(*args, **kwargs):
         raise AssertionError("a restored agent must not re-estimate its statistics")
@@ -196,7 +197,7 @@ def test_helmv2_statistics_are_fixed_and_survive_a_checkpoint(tiny, monkeypatch)
     monkeypatch.setattr("models.helmv2.random_policy_frames", no_estimation)
     restored = agent_for("HELMv2", make_cfg(tiny, seed=99))  # another seed: another projection until loaded
     restored.load_checkpoint_state(state)
-    assert torch.equal(restored.memory_inputs(obs), first)
+    assert torch.equal(restored.encoder(obs), first)
 
 
 def test_equal_widths_need_no_projection():
@@ -214,11 +215,11 @@ def test_helm_family_traces_show_nearest_vocabulary_tokens(tiny, tmp_path):
     obs = cue_frames()[:2]
     for model in ("HELM", "HELMv2"):
         agent = agent_for(model, make_cfg(tiny))
-        agent.reset_memory(2)
+        state = agent.initial_state(2)
         with torch.no_grad():
-            out = agent.act(obs, torch.tensor([True, True]))
-            inputs = agent.memory_inputs(obs)[:, 0]
-        nearest = (F.normalize(inputs, dim=-1) @ F.normalize(agent.memory.token_embeddings(), dim=-1).T).argmax(-1)
+            out, state = agent.act(obs, state, torch.tensor([True, True]))
+            inputs = agent.encoder(obs)[:, 0]
+        nearest = (F.normalize(inputs, dim=-1) @ F.normalize(agent.vocabulary.embeddings(), dim=-1).T).argmax(-1)
         tokenizer = AutoTokenizer.from_pretrained(tiny["lm"])
         expected = [[tokenizer.decode([i]).strip() or tokenizer.convert_ids_to_tokens(i)] for i in nearest.tolist()]
         assert agent.describe_step(out) == [{"words": w} for w in expected]
@@ -228,9 +229,9 @@ def test_helm_family_traces_show_nearest_vocabulary_tokens(tiny, tmp_path):
     GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=4, n_positions=64, vocab_size=50,
                          bos_token_id=None, eos_token_id=None)).save_pretrained(str(bare))
     agent = agent_for("HELM", make_cfg(tiny, lm=str(bare)))
-    agent.reset_memory(2)
+    state = agent.initial_state(2)
     with torch.no_grad():
-        words = agent.describe_step(agent.act(obs, torch.tensor([True, True])))
+        words = agent.describe_step(agent.act(obs, state, torch.tensor([True, True]))[0])
     assert all(w["words"][0].startswith("#") for w in words)
 
 

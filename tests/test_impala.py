@@ -19,17 +19,16 @@ def _obs(n, steps, seed=0):
 def test_episode_start_resets_only_that_envs_state():
     agent = _agent()
     obs = _obs(2, 4)
-    agent.reset_memory(2)
+    state = agent.initial_state(2)
     no = torch.zeros(2, dtype=torch.bool)
     with torch.no_grad():
         for t in range(3):
-            agent.act(obs[t], no)
-        h_before = agent.h.clone()
-        agent.act(obs[3], torch.tensor([True, False]))
-        after = agent.h.clone()
-        agent.reset_memory(2)
-        agent.act(obs[3], no)
-        fresh = agent.h.clone()
+            _, state = agent.act(obs[t], state, no)
+        h_before = state["h"][None].clone()
+        _, state = agent.act(obs[3], state, torch.tensor([True, False]))
+        after = state["h"][None].clone()
+        _, fresh_state = agent.act(obs[3], agent.initial_state(2), no)
+        fresh = fresh_state["h"][None].clone()
     assert torch.allclose(after[0, 0], fresh[0, 0], atol=1e-6)  # env 0 forgot its past
     assert not torch.allclose(after[0, 1], fresh[0, 1], atol=1e-4)  # env 1 kept its memory
     assert not torch.allclose(h_before, after)
@@ -42,11 +41,13 @@ def test_update_re_runs_the_lstm_from_the_stored_state_exactly():
     starts = torch.zeros(steps, n, dtype=torch.bool)
     starts[0] = True
     starts[3, 1] = True  # env 1 starts a new episode mid-rollout
-    agent.reset_memory(n)
     with torch.no_grad():
-        agent.act(obs[0], torch.ones(n, dtype=torch.bool))  # some history before the rollout
-        state = agent.rollout_state()
-        outs = [agent.act(obs[t], starts[t]) for t in range(steps)]
+        _, state = agent.act(obs[0], agent.initial_state(n), torch.ones(n, dtype=torch.bool))  # some history first
+        first, outs = state, []
+        for t in range(steps):
+            out, state = agent.act(obs[t], state, starts[t])
+            outs.append(out)
+        state = first
     batch = {"obs": obs, "episode_starts": starts, "state": state,
              "actions": torch.stack([o.actions for o in outs])}
     log_probs, entropy, values = agent.evaluate(batch)

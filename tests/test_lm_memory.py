@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import BertModel
 
-from models.lm_memory import LMMemory, load_frozen_lm, resolve_lm_path
+from models.lm_memory import LMMemory, LMState, load_frozen_lm, resolve_lm_path
 from tests.tiny_lms import tiny_bert, tiny_gpt2, tiny_llama, tiny_neox
 from utils.errors import UserError
 
@@ -61,16 +61,35 @@ def banded_mask(length: int, window: int, dtype=torch.float32) -> torch.Tensor:
     return torch.zeros(length, length, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
 
 
-def run(memory: LMMemory, x: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
-    """Feed x [B, T, d] one token per step; outputs [B, T, d_model]."""
+class Fed:
+    """A memory and the state the caller feeds it (`step` and `peek` as they were when the memory held it)."""
+
+    def __init__(self, memory: LMMemory, n: int) -> None:
+        self.memory, self.state = memory, memory.initial_state(n)
+
+    def step(self, x: torch.Tensor, starts) -> torch.Tensor:
+        out, self.state = self.memory.step(x, self.state, starts)
+        return out
+
+    def peek(self, x: torch.Tensor, starts) -> torch.Tensor:
+        return self.memory.peek(x, self.state, starts)
+
+
+def feed(memory: LMMemory, x: torch.Tensor, starts: torch.Tensor | None = None) -> tuple[torch.Tensor, LMState]:
+    """Feed x [B, T, d] one token per step from an empty state; outputs [B, T, d_model] and the final state."""
     n, length, _ = x.shape
     starts = torch.zeros(n, length, dtype=torch.bool) if starts is None else starts
-    memory.reset(n)
-    return torch.stack([memory.step(x[:, t : t + 1], starts[:, t]) for t in range(length)], dim=1)
+    fed = Fed(memory, n)
+    return torch.stack([fed.step(x[:, t : t + 1], starts[:, t]) for t in range(length)], dim=1), fed.state
+
+
+def run(memory: LMMemory, x: torch.Tensor, starts: torch.Tensor | None = None) -> torch.Tensor:
+    """Feed x [B, T, d] one token per step; outputs [B, T, d_model]."""
+    return feed(memory, x, starts)[0]
 
 
 def inputs(memory: LMMemory, length: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(B, length, memory.d_embed, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(B, length, memory.in_dim, generator=torch.Generator().manual_seed(seed))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,7 +101,7 @@ def inputs(memory: LMMemory, length: int, seed: int = 0) -> torch.Tensor:
 def test_stepping_equals_full_causal_forward(models, name):
     model = models[name]
     memory = LMMemory(model, mem_len=32)
-    assert memory.mode == "causal" and memory.d_model == 32
+    assert memory.mode == "causal" and memory.out_dim == 32
     x = inputs(memory, 12)
     torch.testing.assert_close(run(memory, x), full(model, x), atol=ATOL, rtol=0)
 
@@ -109,7 +128,7 @@ def test_one_layer_window_equals_forward_over_last_tokens(models, name):
     x = inputs(memory, 15)
     starts = torch.zeros(B, 15, dtype=torch.bool)
     starts[2, 9] = True  # row 2 starts a new episode at step 9
-    out = run(memory, x, starts)
+    out, state = feed(memory, x, starts)
     for t in range(15):
         for row in range(B):
             episode_start = 9 if (row == 2 and t >= 9) else 0
@@ -119,7 +138,7 @@ def test_one_layer_window_equals_forward_over_last_tokens(models, name):
             ref = full(model, x[row : row + 1, first : t + 1], position_ids=positions)[0, -1]
             torch.testing.assert_close(out[row, t], ref, atol=ATOL, rtol=0)
     # The cache holds at most mem_len tokens, however long the episode.
-    assert all(layer.keys.shape[2] <= window + memory._slack() for layer in memory._cache.layers)
+    assert all(layer.keys.shape[2] <= window + memory._slack() for layer in state.cache.layers)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "gpt2_4layers", "llama", "neox"])
@@ -127,9 +146,9 @@ def test_multi_layer_window_equals_banded_full_forward(models, name):
     model, window = models[name], 5
     memory = LMMemory(model, mem_len=window)
     x = inputs(memory, 20)
-    out = run(memory, x)
+    out, state = feed(memory, x)
     torch.testing.assert_close(out, full(model, x, attention_mask=banded_mask(20, window)), atol=ATOL, rtol=0)
-    assert all(layer.keys.shape[2] <= window + memory._slack() for layer in memory._cache.layers)
+    assert all(layer.keys.shape[2] <= window + memory._slack() for layer in state.cache.layers)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "neox"])
@@ -147,19 +166,19 @@ def test_a_step_reads_only_the_slots_a_row_can_still_see(models, name):
     starts[:, 14] = True
     starts[0, 15] = True  # row 0 restarts one step later
     out = run(memory, x, starts)
-    memory.reset(B)
+    fed = Fed(memory, B)
     spans = []
     for t in range(18):
-        memory.step(x[:, t : t + 1], starts[:, t])
-        spans.append(memory._cache.visible.stop - memory._cache.visible.start)
+        fed.step(x[:, t : t + 1], starts[:, t])
+        spans.append(fed.state.cache.visible.stop - fed.state.cache.visible.start)
     assert spans[:14] == list(range(1, 15)) and spans[14:] == [1, 2, 3, 4]
     # within the window (24 tokens) of the new episodes, a plain forward over them
     torch.testing.assert_close(out[1:, 14:38], full(model, x[1:, 14:38]), atol=ATOL, rtol=0)
     torch.testing.assert_close(out[0, 15:39], full(model, x[:1, 15:39])[0], atol=ATOL, rtol=0)
     # 40 steps with 24 + 6 slots: the live tokens moved to the front at least once
-    memory.reset(B)
-    bases = {memory._base for t in range(40) if memory.step(x[:, t : t + 1], starts[:, t]) is not None}
-    assert len(bases) > 1 and memory._capacity == 24 + memory._slack()
+    fed = Fed(memory, B)
+    bases = {fed.state.base for t in range(40) if fed.step(x[:, t : t + 1], starts[:, t]) is not None}
+    assert len(bases) > 1 and fed.state.capacity == 24 + memory._slack()
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert"])
@@ -170,31 +189,28 @@ def test_several_tokens_per_step_equal_one_at_a_time(models, paths, name):
     starts = torch.zeros(B, 20, dtype=torch.bool)
     starts[0, 8] = starts[1, 14] = True  # at chunk boundaries below
     one_by_one = run(memory, x, starts)
-    memory.reset(B)
+    fed = Fed(memory, B)
     boundaries = [0, 1, 2, 5, 8, 11, 14, 20]  # k = 1, 1, 3, 3, 3, 3, 6 (grows the cache twice)
     for a, b in zip(boundaries[:-1], boundaries[1:]):
-        out = memory.step(x[:, a:b], starts[:, a])
+        out = fed.step(x[:, a:b], starts[:, a])
         torch.testing.assert_close(out, one_by_one[:, b - 1], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "gpt2_short"])
 def test_peek_returns_step_output_and_leaves_memory_unchanged(models, name):
     model, length = models[name], 30
-    memory, untouched = LMMemory(model, mem_len=5), LMMemory(model, mem_len=5)
-    x = inputs(memory, length)
+    x = inputs(LMMemory(model, mem_len=5), length)
     starts = torch.zeros(B, length, dtype=torch.bool)
     starts[0, 12] = True
     starts[1, ::7] = True
-    memory.reset(B)
-    untouched.reset(B)
+    memory, untouched = Fed(LMMemory(model, mem_len=5), B), Fed(LMMemory(model, mem_len=5), B)
     for t in range(length):
         if t % 3 == 0:
-            probe, probe_start = torch.randn(B, 1 + t % 2, memory.d_embed), ~starts[:, t]
+            probe, probe_start = torch.randn(B, 1 + t % 2, memory.memory.in_dim), ~starts[:, t]
             peeked = memory.peek(probe, probe_start)
             assert torch.equal(memory.peek(probe, probe_start), peeked)
             # A copy that really steps with the probe must give the same output.
-            twin = LMMemory(model, mem_len=5)
-            twin.reset(B)
+            twin = Fed(LMMemory(model, mem_len=5), B)
             for s in range(t):
                 twin.step(x[:, s : s + 1], starts[:, s])
             torch.testing.assert_close(peeked, twin.step(probe, probe_start), atol=ATOL, rtol=0)
@@ -225,9 +241,9 @@ def test_mem_len_longer_than_position_table_is_an_error(models):
     with pytest.raises(UserError):
         LMMemory(models["gpt2_short"], mem_len=9)
     memory = LMMemory(models["gpt2_short"], mem_len=8)
-    memory.reset(B)
+    state = memory.initial_state(B)
     with pytest.raises(UserError):
-        memory.step(torch.zeros(B, 2, memory.d_embed), torch.zeros(B, dtype=torch.bool))
+        memory.step(torch.zeros(B, 2, memory.in_dim), state, torch.zeros(B, dtype=torch.bool))
 
 
 def test_causal_mode_on_bert_is_a_real_causal_decoder(paths):
@@ -275,33 +291,35 @@ def test_bidirectional_bert_equals_plain_forward_over_the_window(models):
 
 def test_output_is_usable_in_autograd_and_lm_stays_frozen(models):
     memory = LMMemory(models["gpt2"], mem_len=4)
-    memory.reset(B)
-    hidden = memory.step(torch.randn(B, 1, memory.d_embed), torch.zeros(B, dtype=torch.bool))
-    weight = torch.ones(memory.d_model, requires_grad=True)
+    hidden, _ = memory.step(torch.randn(B, 1, memory.in_dim), memory.initial_state(B), torch.zeros(B, dtype=torch.bool))
+    weight = torch.ones(memory.out_dim, requires_grad=True)
     (hidden @ weight).sum().backward()
     assert weight.grad is not None
     memory.train()
     assert not memory.lm.training
     assert not any(p.requires_grad for p in memory.lm.parameters())
     assert memory.state_dict() == {}  # the LM is reloaded by name, not checkpointed
-    assert memory.token_embeddings().shape == (100, 32)
+    assert memory.lm.get_input_embeddings().weight.shape == (100, 32)  # the token embeddings
 
 
 def test_moving_the_memory_moves_the_lm_and_keeps_what_it_remembers(paths):
     x = torch.randn(B, 3, 32, generator=torch.Generator().manual_seed(0))
     no_start = torch.zeros(B, dtype=torch.bool)
-    reference = LMMemory(load_frozen_lm(paths["llama"]), mem_len=4)
-    reference.reset(B)
+    reference = Fed(LMMemory(load_frozen_lm(paths["llama"]), mem_len=4), B)
     expected = [reference.step(x[:, t : t + 1], no_start) for t in range(3)][-1]
 
-    memory = LMMemory(load_frozen_lm(paths["llama"]), mem_len=4)
-    memory.reset(B)
+    memory = Fed(LMMemory(load_frozen_lm(paths["llama"]), mem_len=4), B)
     memory.step(x[:, :1], no_start)
     memory.step(x[:, 1:2], no_start)
-    memory.double()
-    assert memory.lm.get_input_embeddings().weight.dtype == torch.float64
+    memory.memory.double()
+    # the state is the caller's: it moves (and here changes dtype) with it, not with the module
+    memory.state = memory.state.to("cpu")
+    memory.state.inputs = memory.state.inputs.double()
+    for layer in memory.state.cache.layers:
+        layer.keys, layer.values = layer.keys.double(), layer.values.double()
+    assert memory.memory.lm.get_input_embeddings().weight.dtype == torch.float64
     out = memory.step(x[:, 2:3].double(), no_start)
-    assert out.dtype == torch.float64 and memory._t == 3
+    assert out.dtype == torch.float64 and memory.state.t == 3
     torch.testing.assert_close(out.float(), expected, atol=1e-5, rtol=0)
 
 
@@ -313,24 +331,24 @@ def test_long_episodes_rebuild_the_cache_rarely_or_never(paths, name, period):
     assert memory.max_positions < 2000
     if period is not None:
         assert memory.max_positions == 64
-    memory.reset(2)
+    state = memory.initial_state(2)
     calls = []
     hook = model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True)
-    x = torch.randn(2, 1, memory.d_embed)
+    x = torch.randn(2, 1, memory.in_dim)
     no_start = torch.zeros(2, dtype=torch.bool)
     try:
         for t in range(2000):
-            memory.step(x, no_start)
+            _, state = memory.step(x, state, no_start)
             if t % 7 == 0:
-                memory.peek(x, no_start)  # peeking never rebuilds
+                memory.peek(x, state, no_start)  # peeking never rebuilds
     finally:
         hook.remove()
     full_encodes = sum(n > 1 for n in calls)
-    assert full_encodes == memory.rebuilds
+    assert full_encodes == state.rebuilds
     if period is None:
-        assert memory.rebuilds == 0
+        assert state.rebuilds == 0
     else:
-        assert 0 < memory.rebuilds <= -(-2000 // period)
+        assert 0 < state.rebuilds <= -(-2000 // period)
 
 
 def test_peek_has_no_side_effect_even_when_a_rebuild_is_near(models):
@@ -340,15 +358,15 @@ def test_peek_has_no_side_effect_even_when_a_rebuild_is_near(models):
     starts = torch.zeros(B, 40, dtype=torch.bool)
     starts[2, 13] = True
     plain = run(LMMemory(model, mem_len=5), x, starts)
-    memory = LMMemory(model, mem_len=5)
-    memory.reset(B)
+    memory = Fed(LMMemory(model, mem_len=5), B)
     outs = []
     for t in range(40):
         peeked = memory.peek(x[:, t : t + 1], starts[:, t])
-        state = (memory._t, memory.rebuilds, memory._start.clone(), memory._slot_token.clone())
-        memory.peek(torch.randn(B, 1, memory.d_embed), torch.ones(B, dtype=torch.bool))
-        assert (memory._t, memory.rebuilds) == state[:2]
-        assert torch.equal(memory._start, state[2]) and torch.equal(memory._slot_token, state[3])
+        m = memory.state
+        state = (m.t, m.rebuilds, m.start.clone(), m.slot_token.clone())
+        memory.peek(torch.randn(B, 1, memory.memory.in_dim), torch.ones(B, dtype=torch.bool))
+        assert (m.t, m.rebuilds) == state[:2]
+        assert torch.equal(m.start, state[2]) and torch.equal(m.slot_token, state[3])
         outs.append(memory.step(x[:, t : t + 1], starts[:, t]))
         torch.testing.assert_close(peeked, outs[-1], atol=1e-6, rtol=0)
     torch.testing.assert_close(torch.stack(outs, 1), plain, atol=1e-6, rtol=0)
@@ -397,20 +415,17 @@ def test_minilm_default_loads():
     model = load_frozen_lm("minilm")
     assert resolve_lm_path("minilm").endswith("model")
     memory = LMMemory(model, mem_len=8)
-    assert memory.mode == "bidirectional" and memory.d_model == 384
-    memory.reset(2)
-    out = memory.step(torch.randn(2, 1, memory.d_embed), torch.ones(2, dtype=torch.bool))
+    assert memory.mode == "bidirectional" and memory.out_dim == 384
+    out, _ = memory.step(torch.randn(2, 1, memory.in_dim), memory.initial_state(2), torch.ones(2, dtype=torch.bool))
     assert out.shape == (2, 384) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", ["gpt2", "neox"])
 def test_stepping_works_under_bf16_autocast(models, name):
     """Mixed precision (e.g. on a GPU) computes in bf16 while the cache keeps the fp32 buffers it began with."""
-    memory = LMMemory(models[name], mem_len=8)
-    reference = LMMemory(models[name], mem_len=8)
-    memory.reset(2)
-    reference.reset(2)
-    inputs = torch.randn(5, 2, memory.token_embeddings().shape[1])
+    memory = Fed(LMMemory(models[name], mem_len=8), 2)
+    reference = Fed(LMMemory(models[name], mem_len=8), 2)
+    inputs = torch.randn(5, 2, models[name].get_input_embeddings().weight.shape[1])
     starts = torch.zeros(5, 2, dtype=torch.bool)
     with torch.no_grad():
         for t in range(5):
@@ -442,6 +457,6 @@ def test_rotary_positions_past_the_nominal_table_keep_the_exact_window(models, n
     model = models[name]
     memory = LMMemory(model, mem_len=6)
     x = inputs(memory, 300)
-    out = run(memory, x)
+    out, state = feed(memory, x)
     torch.testing.assert_close(out[:, -1], full(model, x[:, -6:])[:, -1], atol=1e-4, rtol=0)
-    assert memory.rebuilds == 0
+    assert state.rebuilds == 0

@@ -15,7 +15,7 @@ import pytest
 from models import build_agent
 from models.clip_encoder import load_clip, load_clip_tokenizer
 from models.lm_memory import load_frozen_lm
-from models.memory import load_lm_tokenizer
+from models.frozen_lm import load_lm_tokenizer
 from models.semantic_db import build_database, save_database
 from tests.tiny_clip import save_tiny_clip, save_wordpiece_tokenizer
 from tests.tiny_lms import tiny_bert, tiny_gpt2
@@ -175,4 +175,4 @@ def test_shelm_checks_clip_and_templates_before_the_database(dirs, shelm_db, ove
 def test_shelm_with_good_inputs_builds(dirs, shelm_db):
     cfg = config.defaults()
     cfg.update(env="CueRecall-D1-v0", seed=0, lm=dirs["bert"], clip_model=dirs["clip"], semantic_db=shelm_db, mem_len=6)
-    assert build_agent("SHELM", (56, 56, 3), 2, cfg).topk >= 1
+    assert build_agent("SHELM", (56, 56, 3), 2, cfg).encoder.topk >= 1

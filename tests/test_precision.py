@@ -49,16 +49,16 @@ def test_precision_must_be_fp32_or_bf16():
 def test_bf16_helm_has_a_bf16_lm_and_an_fp32_frozen_hopfield(lm_dir):
     full, half = _helm(lm_dir, "fp32"), _helm(lm_dir, "bf16")
     assert full.memory.lm.dtype == torch.float32 and half.memory.lm.dtype == torch.bfloat16
-    assert half.hopfield.embeddings.dtype == torch.float32
+    assert half.encoder.hopfield.embeddings.dtype == torch.float32
     obs = torch.randint(0, 256, (2, 56, 56, 3), dtype=torch.uint8)
     # the retrieval runs in fp32 over the LM's (now bf16-rounded) vocabulary
-    inputs = half.memory_inputs(obs)
+    inputs = half.encoder(obs)
     assert inputs.dtype == torch.float32
-    torch.testing.assert_close(inputs, full.memory_inputs(obs), atol=2e-3, rtol=0)
+    torch.testing.assert_close(inputs, full.encoder(obs), atol=2e-3, rtol=0)
     for agent in (full, half):
-        agent.reset_memory(2)
-        out = agent.act(obs, torch.ones(2, dtype=torch.bool))
-        assert out.features["lm_out"].dtype == torch.float32 and out.features["lm_out"].isfinite().all()
+        state = agent.initial_state(2)
+        out, state = agent.act(obs, state, torch.ones(2, dtype=torch.bool))
+        assert out.features["memory_out"].dtype == torch.float32 and out.features["memory_out"].isfinite().all()
 
 
 @pytest.mark.parametrize("model", ["CNN-PPO", "Impala-PPO", "HELM"])
@@ -87,7 +87,7 @@ def test_unknown_precision_is_a_one_line_error(experiments, capsys):
 def test_helm_with_a_bf16_transfo_xl_trains(tmp_path, experiments):
     trxl = tiny_transfo_xl(str(tmp_path / "trxl"))
     agent = _helm(trxl, "bf16")
-    assert agent.memory.token_embeddings().dtype == torch.bfloat16
+    assert agent.vocabulary.embeddings().dtype == torch.bfloat16
     assert run_main("--var", "model=HELM", "--var", f"lm={trxl}", "--var", "mem_len=6", "--var", "precision=bf16",
                     "--var", "env=MiniGrid-MemoryS7-v0", "--run-id", "t", experiments=experiments) == 0
     assert load_checkpoint(next(experiments.glob("HELM/*/t")) / "ckpt_last.pt")["step"] == 64

@@ -24,6 +24,7 @@ from models.transfo_xl import (
     TransfoXL,
     TransfoXLMemory,
     TrXLConfig,
+    TrXLState,
     build_from_state_dict,
     check_checkpoint_shapes,
     checkpoint_key_to_ours,
@@ -37,6 +38,20 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ATOL = 1e-5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Fed:
+    """A memory and the state the caller feeds it (`step` and `peek` as they were when the memory held it)."""
+
+    def __init__(self, memory: TransfoXLMemory, n: int) -> None:
+        self.memory, self.state = memory, memory.initial_state(n)
+
+    def step(self, x: torch.Tensor, starts) -> torch.Tensor:
+        out, self.state = self.memory.step(x, self.state, starts)
+        return out
+
+    def peek(self, x: torch.Tensor, starts) -> torch.Tensor:
+        return self.memory.peek(x, self.state, starts)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +94,7 @@ def model_dir(recorded, tmp_path_factory) -> Path:
 
 def test_zero_mode_matches_transformers_437_step_by_step(recorded, model):
     """HELM's original use: zero initial mems, 1- and 2-token steps, rows' mems zeroed at episode starts."""
-    memory = TransfoXLMemory(model, recorded["mem_len"], reset="zero")
-    memory.reset(3)
+    memory = Fed(TransfoXLMemory(model, recorded["mem_len"], reset="zero"), 3)
     steps = recorded["zero_steps"]
     assert sum(s["embeds"].shape[1] for s in steps) > 5 * recorded["mem_len"]  # the memory overflows often
     assert sum(int(s["reset"][1:].sum()) for s in steps[1:]) >= 3  # and rows restart mid-sequence
@@ -91,8 +105,7 @@ def test_zero_mode_matches_transformers_437_step_by_step(recorded, model):
 
 def test_mask_mode_matches_transformers_437_from_empty_mems(recorded, model):
     """Our default mode on an episode that starts at token 0 = 4.37 with empty (length-0) mems."""
-    memory = TransfoXLMemory(model, recorded["mem_len"], reset="mask")
-    memory.reset(3)
+    memory = Fed(TransfoXLMemory(model, recorded["mem_len"], reset="mask"), 3)
     for n, s in enumerate(recorded["empty_steps"]):
         out = memory.step(s["embeds"], s["reset"])
         assert torch.allclose(out, s["output"][:, -1], atol=ATOL, rtol=0), f"step {n}"
@@ -100,20 +113,18 @@ def test_mask_mode_matches_transformers_437_from_empty_mems(recorded, model):
 
 def test_embeddings_match_transformers_437(recorded, model):
     memory = TransfoXLMemory(model, recorded["mem_len"])
-    table = memory.token_embeddings()
-    assert table.shape == (200, 32) and memory.d_embed == memory.d_model == 32
+    table = model.word_emb.cached_table()  # the token embeddings (the vocabulary reads them there)
+    assert table.shape == (200, 32) and memory.in_dim == memory.out_dim == 32
     assert torch.allclose(table, recorded["embedding_table"], atol=1e-6, rtol=0)
-    assert memory.token_embeddings() is table  # computed once
+    assert model.word_emb.cached_table() is table  # computed once
     for s in recorded["zero_steps"][:5]:
         assert torch.allclose(model.word_emb(s["ids"]), s["embeds"], atol=1e-6, rtol=0)
 
 
 def test_fixture_exercises_clamping_and_resets(recorded):
     """The recorded run would differ without clamp_len or without the resets, so both are tested."""
-    unclamped = TransfoXLMemory(fresh_model(recorded, clamp_len=1000), recorded["mem_len"], reset="zero")
-    unclamped.reset(3)
-    no_resets = TransfoXLMemory(fresh_model(recorded), recorded["mem_len"], reset="zero")
-    no_resets.reset(3)
+    unclamped = Fed(TransfoXLMemory(fresh_model(recorded, clamp_len=1000), recorded["mem_len"], reset="zero"), 3)
+    no_resets = Fed(TransfoXLMemory(fresh_model(recorded), recorded["mem_len"], reset="zero"), 3)
     clamp_diff = reset_diff = 0.0
     for n, s in enumerate(recorded["zero_steps"]):
         want = s["output"][:, -1]
@@ -147,7 +158,7 @@ def test_wt103_layout_loads():
     assert len(loaded.layers) == 18 and loaded.word_emb.emb_layers[3].weight.shape == (67735, 16)
     assert all(not p.requires_grad for p in loaded.parameters()) and not loaded.training
     memory = TransfoXLMemory(loaded, 511)
-    assert memory.d_model == memory.d_embed == 1024
+    assert memory.out_dim == memory.in_dim == 1024
     # a wrong shape is named
     bad = dict(shapes, **{"transformer.layers.3.dec_attn.r_net.weight": [1024, 512]})
     with pytest.raises(UserError, match=r"transformer\.layers\.3\.dec_attn\.r_net\.weight"):
@@ -190,9 +201,8 @@ def random_schedule(n_steps: int, batch: int, seed: int, max_k: int = 3, reset_p
 
 @pytest.mark.parametrize("mem_len", [1, 2, 6, 9])
 def test_mask_mode_equals_full_forward_over_each_episode(model, mem_len):
-    memory = TransfoXLMemory(model, mem_len, reset="mask")
     batch = 3
-    memory.reset(batch)
+    memory = Fed(TransfoXLMemory(model, mem_len, reset="mask"), batch)
     episodes: list[list[torch.Tensor]] = [[] for _ in range(batch)]
     for embeds, start in random_schedule(40, batch, seed=mem_len):
         out = memory.step(embeds, start)
@@ -208,9 +218,7 @@ def test_mask_mode_equals_full_forward_over_each_episode(model, mem_len):
 def test_episode_start_forgets_everything_before(model):
     """Two histories, the same episode from its start on: identical outputs (mask mode)."""
     gen = torch.Generator().manual_seed(7)
-    a, b = TransfoXLMemory(model, 5), TransfoXLMemory(model, 5)
-    a.reset(2)
-    b.reset(2)
+    a, b = Fed(TransfoXLMemory(model, 5), 2), Fed(TransfoXLMemory(model, 5), 2)
     for _ in range(11):
         a.step(torch.randn(2, 32, generator=gen), torch.zeros(2, dtype=torch.bool))
     for _ in range(3):
@@ -224,9 +232,7 @@ def test_episode_start_forgets_everything_before(model):
 def test_zero_mode_reset_equals_zeroed_history(model):
     """Zero mode: after an episode start a row's memory is what it was at the very start (zero keys/values)."""
     gen = torch.Generator().manual_seed(3)
-    a, b = TransfoXLMemory(model, 5, reset="zero"), TransfoXLMemory(model, 5, reset="zero")
-    a.reset(1)
-    b.reset(1)
+    a, b = Fed(TransfoXLMemory(model, 5, reset="zero"), 1), Fed(TransfoXLMemory(model, 5, reset="zero"), 1)
     for _ in range(7):
         a.step(torch.randn(1, 32, generator=gen), torch.tensor([False]))
     # b never saw anything: its memory is the initial zeros, which is what a's reset leaves.
@@ -240,15 +246,14 @@ def test_zero_mode_reset_equals_zeroed_history(model):
 # ----------------------------------------------------------------------------------------------
 
 
-def snapshot(memory: TransfoXLMemory):
-    return [t.clone() for t in (*memory._keys, *memory._values, memory._start)], memory._t
+def snapshot(memory: Fed):
+    state = memory.state
+    return [t.clone() for t in (*state.keys, *state.values, state.start)], state.t
 
 
 @pytest.mark.parametrize("reset", ["mask", "zero"])
 def test_peek_has_no_side_effect(model, reset):
-    with_peek, without = TransfoXLMemory(model, 4, reset=reset), TransfoXLMemory(model, 4, reset=reset)
-    with_peek.reset(3)
-    without.reset(3)
+    with_peek, without = Fed(TransfoXLMemory(model, 4, reset=reset), 3), Fed(TransfoXLMemory(model, 4, reset=reset), 3)
     gen = torch.Generator().manual_seed(11)
     for n, (embeds, start) in enumerate(random_schedule(25, 3, seed=5, reset_p=0.2)):
         if n % 3 == 1:
@@ -260,35 +265,42 @@ def test_peek_has_no_side_effect(model, reset):
             after = snapshot(with_peek)
             assert after[1] == before[1] and all(torch.equal(x, y) for x, y in zip(before[0], after[0]))
             # the peek is what the step would have returned
-            probe = TransfoXLMemory(model, 4, reset=reset)
-            probe.reset(3)
-            probe._keys, probe._values = [t.clone() for t in with_peek._keys], [t.clone() for t in with_peek._values]
-            probe._start, probe._t = with_peek._start.clone(), with_peek._t
+            probe = Fed(TransfoXLMemory(model, 4, reset=reset), 3)
+            state = with_peek.state
+            probe.state = TrXLState([t.clone() for t in state.keys], [t.clone() for t in state.values],
+                                    state.start.clone(), state.t)
             assert torch.equal(peeked, probe.step(peek_x, peek_start))
         assert torch.equal(with_peek.step(embeds, start), without.step(embeds, start))
 
 
 def test_to_keeps_the_state(recorded):
     moved, still = fresh_model(recorded), fresh_model(recorded)
-    a, b = TransfoXLMemory(moved, 6, reset="zero"), TransfoXLMemory(still, 6, reset="zero")
-    a.reset(3)
-    b.reset(3)
+    a, b = Fed(TransfoXLMemory(moved, 6, reset="zero"), 3), Fed(TransfoXLMemory(still, 6, reset="zero"), 3)
     steps = recorded["zero_steps"]
     for s in steps[:12]:
         a.step(s["embeds"], s["reset"])
         b.step(s["embeds"], s["reset"])
-    table = a.token_embeddings()
-    a.to("cpu")
+    table = moved.word_emb.cached_table()
+    # the state is the caller's: it moves (and here changes dtype) with it, not with the module
+    a.memory.to("cpu")
+    a.state = a.state.to("cpu")
     assert torch.equal(a.step(steps[12]["embeds"], steps[12]["reset"]), b.step(steps[12]["embeds"], steps[12]["reset"]))
-    a.to(torch.float64)
-    assert a._keys[0].dtype == torch.float64 and a._start.dtype == torch.long
-    assert a.token_embeddings().dtype == torch.float64 and a.token_embeddings() is not table
+
+    def cast_state(dtype):
+        a.state.keys = [k.to(dtype) for k in a.state.keys]
+        a.state.values = [v.to(dtype) for v in a.state.values]
+
+    a.memory.to(torch.float64)
+    cast_state(torch.float64)
+    assert a.state.keys[0].dtype == torch.float64 and a.state.start.dtype == torch.long
+    assert moved.word_emb.cached_table().dtype == torch.float64 and moved.word_emb.cached_table() is not table
     for s in steps[13:20]:
         out = a.step(s["embeds"], s["reset"])
         assert out.dtype == torch.float64
         assert torch.allclose(out.float(), b.step(s["embeds"], s["reset"]), atol=ATOL, rtol=0)
         assert torch.allclose(out.float(), s["output"][:, -1], atol=ATOL, rtol=0)
-    a.float()
+    a.memory.float()
+    cast_state(torch.float32)
     for s in steps[20:24]:
         assert torch.allclose(a.step(s["embeds"], s["reset"]), b.step(s["embeds"], s["reset"]), atol=ATOL, rtol=0)
 
@@ -302,17 +314,14 @@ def test_model_is_not_part_of_the_agent_state(model):
     assert not model.training
 
 
-def test_step_before_reset_and_bad_shapes(model):
+def test_bad_shapes(model):
+    # (there is no "step before reset" any more: step and peek take the state as an argument)
     memory = TransfoXLMemory(model, 4)
-    with pytest.raises(RuntimeError, match="reset"):
-        memory.step(torch.zeros(2, 32), torch.zeros(2, dtype=torch.bool))
-    with pytest.raises(RuntimeError, match="reset"):
-        memory.peek(torch.zeros(2, 32), torch.zeros(2, dtype=torch.bool))
-    memory.reset(2)
+    state = memory.initial_state(2)
     with pytest.raises(ValueError):
-        memory.step(torch.zeros(3, 32), torch.zeros(3, dtype=torch.bool))
+        memory.step(torch.zeros(3, 32), state, torch.zeros(3, dtype=torch.bool))
     with pytest.raises(ValueError):
-        memory.step(torch.zeros(2, 0, 32), torch.zeros(2, dtype=torch.bool))
+        memory.step(torch.zeros(2, 0, 32), state, torch.zeros(2, dtype=torch.bool))
     with pytest.raises(UserError):
         TransfoXLMemory(model, 0)
     with pytest.raises(UserError, match="mem_reset"):
@@ -357,14 +366,17 @@ def test_vocab_unpickler_refuses_code(tmp_path, payload):
 
 
 def test_tokenizer_from_model_dir(model_dir, tmp_path):
-    memory = TransfoXLMemory(load_transfo_xl(str(model_dir)), 4)
-    assert memory.tokenizer().decode([3]) == "door"
+    from models.frozen_lm import load_frozen_memory
+
+    memory, vocabulary = load_frozen_memory(str(model_dir), 4)
+    assert isinstance(memory, TransfoXLMemory)
+    assert vocabulary.tokenizer().decode([3]) == "door"
     # no vocabulary: ids are shown instead, not an error
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "pytorch_model.bin"):
         (bare / name).write_bytes((model_dir / name).read_bytes())
-    assert TransfoXLMemory(load_transfo_xl(str(bare)), 4).tokenizer() is None
+    assert load_frozen_memory(str(bare), 4)[1].tokenizer() is None
 
 
 def test_vocab_bin_loads(tmp_path):
@@ -393,8 +405,7 @@ def copy_dir(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
 def test_load_from_dir_matches_fixture(model_dir, recorded):
     model = load_transfo_xl(str(model_dir))
     assert all(not p.requires_grad for p in model.parameters()) and not model.training
-    memory = TransfoXLMemory(model, recorded["mem_len"], reset="zero")
-    memory.reset(3)
+    memory = Fed(TransfoXLMemory(model, recorded["mem_len"], reset="zero"), 3)
     for s in recorded["zero_steps"][:8]:
         assert torch.allclose(memory.step(s["embeds"], s["reset"]), s["output"][:, -1], atol=ATOL, rtol=0)
 
@@ -404,17 +415,16 @@ def test_load_safetensors_dir(model_dir, recorded, tmp_path):
 
     path = copy_dir(model_dir, tmp_path / "st", skip=("pytorch_model.bin",))
     save_file({k: v.clone().contiguous() for k, v in recorded["state_dict"].items()}, str(path / "model.safetensors"))
-    memory = TransfoXLMemory(load_transfo_xl(str(path)), recorded["mem_len"], reset="zero")
-    memory.reset(3)
+    memory = Fed(TransfoXLMemory(load_transfo_xl(str(path)), recorded["mem_len"], reset="zero"), 3)
     s = recorded["zero_steps"][0]
     assert torch.allclose(memory.step(s["embeds"], s["reset"]), s["output"][:, -1], atol=ATOL, rtol=0)
 
 
-def test_build_memory_picks_transfo_xl(model_dir):
-    from models.memory import build_memory, is_transfo_xl
+def test_load_frozen_memory_picks_transfo_xl(model_dir):
+    from models.frozen_lm import is_transfo_xl, load_frozen_memory
 
     assert is_transfo_xl(str(model_dir)) and is_transfo_xl(SHORT_NAME) and is_transfo_xl(HUB_ID)
-    memory = build_memory({"lm": str(model_dir), "mem_len": 5, "mem_reset": "zero", "lm_layers": 2})
+    memory, _ = load_frozen_memory(str(model_dir), 5, mem_reset="zero", lm_layers=2)
     assert isinstance(memory, TransfoXLMemory) and memory.reset_mode == "zero" and len(memory.model.layers) == 2
 
 
@@ -469,8 +479,7 @@ def test_lm_layers_keeps_the_first_layers(model_dir, model):
     assert len(two.layers) == 2 and two.config.n_layer == 2
     for ours, full in zip(two.state_dict().items(), model.state_dict().items()):
         assert ours[0] == full[0] and torch.equal(ours[1], full[1])
-    memory = TransfoXLMemory(two, 5)
-    memory.reset(2)
+    memory = Fed(TransfoXLMemory(two, 5), 2)
     history = []
     for embeds, start in random_schedule(8, 2, seed=2, reset_p=0.0):
         history.append(embeds)
@@ -488,14 +497,13 @@ def test_lm_layers_keeps_the_first_layers(model_dir, model):
 
 def test_long_episode(model):
     mem_len, n_steps = 8, 2000
-    memory = TransfoXLMemory(model, mem_len)
-    memory.reset(2)
+    memory = Fed(TransfoXLMemory(model, mem_len), 2)
     gen = torch.Generator().manual_seed(5)
     inputs = torch.randn(2, n_steps, 32, generator=gen)
     start = torch.tensor([True, True])
     for n in range(n_steps):
         out = memory.step(inputs[:, n], start if n == 0 else ~start)
-    assert memory.tokens_encoded == n_steps  # every token's keys/values computed exactly once
+    assert memory.state.tokens_encoded == n_steps  # every token's keys/values computed exactly once
     assert torch.isfinite(out).all()
     # With n_layer layers, the newest output depends only on the last n_layer*(mem_len-1)+1
     # inputs, so a plain forward over them is an exact reference.

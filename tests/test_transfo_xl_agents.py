@@ -13,7 +13,7 @@ import torch
 
 from conftest import run_main
 from models import build_agent
-from models.memory import load_lm_tokenizer
+from models.frozen_lm import load_lm_tokenizer
 from models.transfo_xl import TransfoXLMemory
 from tests.tiny_clip import save_tiny_clip
 from tests.tiny_lms import tiny_transfo_xl
@@ -60,8 +60,9 @@ def test_helm_agent_uses_the_transfo_xl_memory_and_its_embeddings(trxl):
     assert agent.memory.reset_mode == "zero"  # mem_reset=auto: the original zeroes an env's mems at its episode end
     masked = build_agent("HELM", (56, 56, 3), 7, cfg | {"mem_reset": "mask"})
     assert masked.memory.reset_mode == "mask"
-    vocab, d = agent.memory.token_embeddings().shape
-    assert agent.hopfield.embeddings.shape == (vocab, d) and agent.hopfield.projection.shape == (d, 56 * 56)
+    vocab, d = agent.vocabulary.embeddings().shape
+    hopfield = agent.encoder.hopfield
+    assert hopfield.embeddings.shape == (vocab, d) and hopfield.projection.shape == (d, 56 * 56)
 
 
 def test_transfo_xl_refuses_a_bidirectional_mode(trxl):

@@ -274,8 +274,8 @@ def test_helm_goes_on_with_a_one_line_warning(trxl, tmp_path, capsys):
     cfg = defaults() | {"model": "HELM", "lm": lm, "mem_len": 6, "seed": 0, "env": "MiniGrid-MemoryS7-v0"}
     agent = build_agent("HELM", (56, 56, 3), 7, cfg)
     capsys.readouterr()
-    assert agent.token_texts([3, 4]) == ["#3", "#4"]
-    assert agent.token_texts([3]) == ["#3"]  # warned once
+    assert agent.vocabulary.token_texts([3, 4]) == ["#3", "#4"]
+    assert agent.vocabulary.token_texts([3]) == ["#3"]  # warned once
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"warning: no tokenizer for LM {lm!r} (refusing to unpickle "), err
     assert f"{os.system.__module__}.system" in err and f"{lm}/vocab.pkl" in err and err.endswith("memory tokens shown as ids\n")

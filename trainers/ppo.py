@@ -22,6 +22,7 @@ from torch import nn
 
 from envs import success
 from models.base import Agent
+from models.memory import detached
 from trainers.gae import compute_gae
 from trainers.normalize import RewardNormalizer
 from trainers.schedules import decayed
@@ -216,7 +217,8 @@ class PPOTrainer:
 
     def collect_rollout(self) -> None:
         agent, rollout, gamma = self.agent, self.rollout, self.cfg["gamma"]
-        rollout.state = agent.rollout_state()
+        # a trained memory is re-run in the update from the state the rollout starts from
+        rollout.state = detached(self.memory_state) if agent.recurrent else {}
         # what an interrupted rollout must give back: its steps are not trained on, so not counted
         self._rollout_start = (self.step, self.stats.state_dict(), self.normalizer.state_dict())
         for t in range(rollout.steps):
@@ -224,7 +226,7 @@ class PPOTrainer:
             obs = self._to_tensor(self.obs)
             starts = self._to_tensor(self.episode_start)
             with torch.no_grad(), self._non_finite_guard("policy logits"):
-                out = agent.act(obs, starts)
+                out, self.memory_state = agent.act(obs, self.memory_state, starts)
             actions = out.actions.cpu().numpy()
             self.timers["act"] += time.perf_counter() - tick
 
@@ -243,7 +245,8 @@ class PPOTrainer:
                     final[i] = info["final_obs"][i]
                 with torch.no_grad():
                     final_values = agent.peek_values(
-                        self._to_tensor(final), torch.zeros(self.n_envs, dtype=torch.bool, device=self.device)
+                        self._to_tensor(final), self.memory_state,
+                        torch.zeros(self.n_envs, dtype=torch.bool, device=self.device),
                     ).cpu().numpy()
                 scaled[bootstrap] += gamma * final_values[bootstrap]
                 self.timers["act"] += time.perf_counter() - tick
@@ -253,7 +256,8 @@ class PPOTrainer:
             if self.stop_requested:
                 return self._discard_partial_rollout()
         with torch.no_grad():
-            last_values = agent.peek_values(self._to_tensor(self.obs), self._to_tensor(self.episode_start))
+            last_values = agent.peek_values(self._to_tensor(self.obs), self.memory_state,
+                                            self._to_tensor(self.episode_start))
         rollout.advantages, rollout.returns = compute_gae(
             rollout.rewards, rollout.values, rollout.dones, last_values, gamma, self.cfg["gae_lambda"]
         )
@@ -324,7 +328,7 @@ class PPOTrainer:
         """
         self.obs, _ = self.envs.reset(seed=self.cfg["seed"] + self.step)
         self.episode_start = np.ones(self.n_envs, dtype=bool)
-        self.agent.reset_memory(self.n_envs)
+        self.memory_state = self.agent.initial_state(self.n_envs)  # the trainer owns the memory's state
         self.agent.eval()
 
     def train(self, on_update: Callable[[dict[str, float], int], None] | None = None) -> str:

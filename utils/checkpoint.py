@@ -17,7 +17,8 @@ import torch
 from utils.errors import UserError
 
 # 2: the config may lack keys added since (they take their defaults); best over a full window.
-FORMAT = 2
+# 3: agents are compositions (encoder, memory, skip, heads): their parameters have new names.
+FORMAT = 3
 REQUIRED = ("format", "config", "agent", "optimizer", "step")
 IDENTITY_KEYS = ("env", "model", "seed")  # every checkpoint's config has had these
 TMP_GLOB = ".ckpt_*.pt.*.tmp"  # what save_checkpoint writes before its rename
@@ -136,6 +137,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     payload["config"] = upgrade_config(payload["config"], str(path))
     if payload["format"] == 1:  # its best could come from 2 episodes; choose again over full windows
         payload["best_mean_return"] = -float("inf")
+    if isinstance(payload["agent"], dict):
+        from models.registry import upgrade_agent_state
+
+        payload["agent"] = upgrade_agent_state(payload["config"]["model"], payload["agent"], payload["format"])
     payload["format"] = FORMAT
     return payload
 

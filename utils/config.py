@@ -31,7 +31,7 @@ DECAYS = ("none", "linear", "exponential")
 SCHEMA: dict[str, Key] = {
     # experiment
     "env": Key("MiniGrid-KeyCorridorS3R1-v0", str, help="environment id"),
-    "model": Key("HELM", str, help="agent: CNN-PPO, Impala-PPO, HELM, ..."),
+    "model": Key("HELM", str, help="agent: CNN-PPO, Impala-PPO (= LSTM-PPO), GRU-PPO, TrXL-PPO, HELM, HELMv2, SHELM"),
     "seed": Key(None, int, optional=True, help="null draws a seed and records it"),
     "device": Key("auto", str, choices=("auto", "cpu", "cuda"), help="auto: cuda if available"),
     "torch_threads": Key(None, int, optional=True,
@@ -88,6 +88,11 @@ SCHEMA: dict[str, Key] = {
     "topk": Key(1, int, help="SHELM: words retrieved (LM tokens fed) per env step"),
     "templates": Key("none", str, help="SHELM prompt templates: none, psychlab, avalon or a file"),
     "semantic_db": Key(None, str, optional=True, help="SHELM database file; null: data/semantic_db__<clip>__<lm>__<templates>.pt"),
+    # a Transformer-XL trained from scratch (TrXL-PPO, gated as GTrXL)
+    "trxl_layers": Key(2, int, help="TrXL-PPO: GTrXL blocks"),
+    "trxl_dim": Key(128, int, help="TrXL-PPO: width of the blocks (divisible by trxl_heads)"),
+    "trxl_heads": Key(4, int, help="TrXL-PPO: attention heads"),
+    "trxl_mem_len": Key(64, int, help="TrXL-PPO: earlier positions of the episode each position attends to"),
 }
 
 
@@ -212,17 +217,12 @@ def resolve(config_file: str | Path, overrides: list[str], warn: bool = True, us
     return cfg
 
 
-# Keys that only some agents read: setting one for another agent is reported, never silently ignored.
-LM_KEYS = ("lm", "lm_mode", "lm_layers", "mem_len", "mem_reset")
-CLIP_KEYS = ("clip_model", "clip_cache_size")
-MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    "CNN-PPO": (),
-    "Impala-PPO": (),
-    "HELM": LM_KEYS + ("beta", "hopfield_cache_size"),
-    "HELMv2": LM_KEYS + CLIP_KEYS,
-    "SHELM": LM_KEYS + CLIP_KEYS + ("topk", "templates", "semantic_db"),
-}
-AGENT_KEYS = frozenset(k for keys in MODEL_KEYS.values() for k in keys)
+def agent_keys() -> frozenset[str]:
+    """Keys that only some agents read (from the model registry): setting one for another agent
+    is reported, never silently ignored."""
+    from models.registry import MODELS
+
+    return frozenset(k for spec in MODELS.values() for k in spec.keys)
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeds are 32-bit; gymnasium and torch accept more
 N_STEPS_MAX = 10**10  # 400x the papers' largest budget (Procgen, 25M): a larger value is a typo
@@ -257,6 +257,10 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("clip_cache_size", 0, None, True, True),
     ("hopfield_cache_size", 0, None, True, True),
     ("topk", 1, 10_000, True, True),
+    ("trxl_layers", 1, 64, True, True),
+    ("trxl_dim", 1, 8192, True, True),
+    ("trxl_heads", 1, 256, True, True),
+    ("trxl_mem_len", 1, 100_000, True, True),
 )
 DECAY_FLOORS = (("learning_rate", "lr_decay", "min_lr"), ("ent_coef", "ent_decay", "min_ent_coef"),
                 ("clip_range", "clip_decay", "min_clip_range"))
@@ -284,6 +288,8 @@ def validate(cfg: dict[str, Any]) -> None:
         if cfg[decay] != "none" and cfg[floor] > cfg[start]:
             raise UserError(f"config key '{floor}' ({cfg[floor]}) must not exceed '{start}' ({cfg[start]}) "
                             f"with {decay}={cfg[decay]}")
+    if cfg["trxl_dim"] % cfg["trxl_heads"]:
+        raise UserError(f"trxl_dim ({cfg['trxl_dim']}) must be divisible by trxl_heads ({cfg['trxl_heads']})")
     batch = cfg["n_envs"] * cfg["n_rollout_steps"]
     if batch % cfg["n_batches"]:
         raise UserError(f"n_envs * n_rollout_steps ({batch}) must be divisible by n_batches ({cfg['n_batches']})")
@@ -291,9 +297,13 @@ def validate(cfg: dict[str, Any]) -> None:
 
 def unused_settings(cfg: dict[str, Any], explicit: set[str] | dict[str, Any]) -> list[str]:
     """Keys the user set (in `explicit`) to a non-default value that `cfg["model"]` does not read."""
-    used = set(MODEL_KEYS.get(cfg["model"], AGENT_KEYS))
+    from models.registry import MODELS
+
+    model_specific = agent_keys()
+    spec = MODELS.get(cfg["model"])
+    used = set(spec.keys) if spec is not None else model_specific
     return sorted(name for name in explicit
-                  if name in AGENT_KEYS and name not in used and cfg[name] != SCHEMA[name].default)
+                  if name in model_specific and name not in used and cfg[name] != SCHEMA[name].default)
 
 
 def warn_unused(cfg: dict[str, Any], explicit: set[str] | dict[str, Any], where: str = "") -> None:

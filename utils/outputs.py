@@ -41,6 +41,14 @@ def check_output(path: str | os.PathLike, flag: str, kind: str) -> None:
         raise UserError(f"{flag} {path}: cannot write in {base} ({err.strerror or err})") from None
 
 
+def check_new_output_dir(out_dir: str | os.PathLike, flag: str = "--out") -> None:
+    """`out_dir` must become a directory of its own: new or empty, so old results never mix with new ones."""
+    out_dir = Path(out_dir)
+    check_output(out_dir, flag, "directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UserError(f"{flag} {out_dir} already holds files; choose a new or empty directory")
+
+
 @contextlib.contextmanager
 def new_parents(path: str | os.PathLike) -> Iterator[None]:
     """Create the missing folders above `path`; remove them again if the body fails."""
