@@ -9,8 +9,10 @@ holds, per model:
 * the final performance of the runs (the last logged value of each metric, itself an average over
   the last 100 training episodes) summarised by the interquartile mean (IQM) and the mean, each
   with a 95% stratified-bootstrap confidence interval (rliable);
-* the probability that a memory model (HELM, HELMv2, SHELM) beats a baseline (Impala-PPO, CNN-PPO)
-  on a randomly drawn pair of runs, with a 95% confidence interval;
+* the probability that a model beats another of a simpler kind on a randomly drawn pair of runs,
+  with a 95% confidence interval: a frozen-LM memory (HELM, HELMv2, SHELM) against trained
+  memories (LSTM, GRU, TrXL) and against no memory (CNN-PPO), a trained memory against no memory
+  (the kinds come from the model registry, `models.registry`);
 * sample efficiency, which final performance cannot show when every agent ends up solving the
   task: the mean return over the whole budget (the area under the learning curve divided by the
   budget) with the same IQM, mean and probability-of-improvement statistics, and per run the env
@@ -19,7 +21,11 @@ holds, per model:
 
 ``DIR/report.md`` is for reading, ``DIR/report.json`` holds the same numbers and the runs used.
 Bootstraps use a fixed seed, so the same runs always give the same report. Returns are not
-normalised across envs, so every statistic is computed per env, never pooled over envs.
+normalised across envs, so every statistic is computed per env, never pooled over envs. The report
+also lists, per model, every setting its runs used, and the device and env backend each run ran on
+(a run's ``runtime.json``): seeds play out differently on each, so a comparison should keep one.
+Success-rate plots draw the chance level of tasks that have one (a policy that ignores the cue of
+MiniGrid-Memory or cue recall succeeds half the time), or ``--chance-success``.
 """
 
 from __future__ import annotations
@@ -45,9 +51,10 @@ METRICS = ("rollout/ep_rew_mean", "rollout/success_rate")
 METRIC_NAMES = {"rollout/ep_rew_mean": "return", "rollout/success_rate": "success rate"}
 Y_LABELS = {"rollout/ep_rew_mean": "mean return (last 100 episodes)",
             "rollout/success_rate": "success rate (last 100 episodes)"}
-MEMORY_MODELS = ("HELM", "HELMv2", "SHELM")
-BASELINES = ("Impala-PPO", "CNN-PPO")
-MODEL_ORDER = (*MEMORY_MODELS, *BASELINES)
+# Success rate of a policy that ignores the cue (it picks one of two answers): env id prefix -> chance
+CHANCE_SUCCESS = {"MiniGrid-Memory": 0.5, "CueRecall": 0.5}
+# Settings that identify a run rather than configure it: not listed among the settings used
+NOT_SETTINGS = ("seed", "source", "torch_threads", "save_ckpt", "ckpt_last_every_s", "device")
 EVENTS_PREFIX = "events.out.tfevents."
 SEED = 0  # every bootstrap starts from this seed: the same runs always give the same report
 CONFIDENCE = 0.95
@@ -65,6 +72,14 @@ class Run:
     seed: int | None
     budget: int
     scalars: dict[str, Curve]
+    config: dict[str, Any]
+    runtime: list[dict[str, Any]]  # where each start or resume ran (runtime.json), [] when not recorded
+
+    @property
+    def where(self) -> str:
+        """"cpu / minigrid", or every place it ran when it moved ("?" when not recorded)."""
+        places = dict.fromkeys(f"{s.get('device', '?')} / {s.get('env_backend', '?')}" for s in self.runtime)
+        return " then ".join(places) or "?"
 
     @property
     def last_step(self) -> int:
@@ -192,15 +207,59 @@ def load_runs(paths: Iterable[Path]) -> list[Run]:
             continue
         cfg = read_config(run_dir)
         runs.append(Run(run_dir, str(cfg["env"]), str(cfg["model"]), cfg.get("seed"), int(cfg["n_steps"]),
-                        load_scalars(run_dir)))
+                        load_scalars(run_dir), cfg, read_runtime(run_dir)))
     if not runs:
         raise UserError("every run found has a damaged events file: nothing to report")
     return sorted(runs, key=lambda r: (r.env, model_rank(r.model), r.seed if r.seed is not None else -1, str(r.path)))
 
 
-def model_rank(model: str) -> tuple[int, str]:
-    """Memory models first, then baselines, then anything else by name."""
-    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+def read_runtime(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's runtime.json segments (device, env backend per start), [] when absent or unreadable."""
+    try:
+        segments = json.loads((run_dir / "runtime.json").read_text())["segments"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [s for s in segments if isinstance(s, dict)] if isinstance(segments, list) else []
+
+
+def model_kind(model: str) -> int | None:
+    """The rank of the model's kind in the registry (frozen LM 2, trained memory 1, none 0); None if unknown."""
+    from models.registry import KINDS, MODELS
+
+    spec = MODELS.get(model)
+    return KINDS[spec.kind] if spec is not None else None
+
+
+def model_rank(model: str) -> tuple[int, int, str]:
+    """Frozen-LM memories first, then trained memories, then no memory (registry order within a
+    kind), then models the registry does not know, by name."""
+    from models.registry import MODELS
+
+    kind = model_kind(model)
+    return (-(kind if kind is not None else -1), list(MODELS).index(model) if model in MODELS else 0, model)
+
+
+def comparisons(models: Iterable[str]) -> list[tuple[str, str]]:
+    """(model, baseline) pairs: every model against every model of a simpler kind."""
+    models = sorted(models, key=model_rank)
+    return [(a, b) for a in models for b in models
+            if model_kind(a) is not None and model_kind(b) is not None and model_kind(a) > model_kind(b)]
+
+
+def chance_success(env: str, override: float | None = None) -> float | None:
+    if override is not None:
+        return override
+    return next((p for prefix, p in CHANCE_SUCCESS.items() if env.startswith(prefix)), None)
+
+
+def settings_used(runs: list[Run]) -> dict[str, Any]:
+    """The config values the runs shared (a list where they differ), without run identity keys."""
+    keys = sorted({k for r in runs for k in r.config} - set(NOT_SETTINGS))
+    out = {}
+    for key in keys:
+        values = list(dict.fromkeys(json.dumps(r.config.get(key), sort_keys=True) for r in runs))
+        out[key] = json.loads(values[0]) if len(values) == 1 else [json.loads(v) for v in values]
+    return out
 
 
 def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
@@ -258,8 +317,8 @@ def bootstrap_band(curves: np.ndarray, reps: int, rng: np.random.Generator) -> t
 
 
 def plot_curves(env: str, metric: str, by_model: dict[str, list[Run]], budget: int, metric_steps: int, reps: int,
-                out_path: Path) -> None:
-    """One PNG: mean over seeds per model with its 95% bootstrap band."""
+                out_path: Path, chance: float | None = None) -> None:
+    """One PNG: mean over seeds per model with its 95% bootstrap band (and a chance line, if given)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -277,6 +336,8 @@ def plot_curves(env: str, metric: str, by_model: dict[str, list[Run]], budget: i
         line = ax.plot(grid, mean, label=f"{model} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")[0]
         ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         seeds.append(f"{model} {len(runs)}")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:g})")
     ax.set_title(f"{env}  (seeds per model: {', '.join(seeds)})", fontsize=10)
     ax.set_xlabel("env steps")
     ax.set_ylabel(Y_LABELS.get(metric, metric))
@@ -405,12 +466,11 @@ def sample_efficiency(by_model: dict[str, list[Run]], reps: int, levels: list[fl
                                    for r in runs] for model, runs in by_model.items()},
         "improvement": [],
     }
-    for model in (m for m in MEMORY_MODELS if m in by_model):
-        for baseline in (b for b in BASELINES if b in by_model):
-            x, y = auc[model], auc[baseline]
-            if len(x) and len(y):
-                out["improvement"].append({"model": model, "baseline": baseline, "n_model": len(x),
-                                           "n_baseline": len(y), **probability_of_improvement(x, y, reps)})
+    for model, baseline in comparisons(by_model):
+        x, y = auc[model], auc[baseline]
+        if len(x) and len(y):
+            out["improvement"].append({"model": model, "baseline": baseline, "n_model": len(x),
+                                       "n_baseline": len(y), **probability_of_improvement(x, y, reps)})
     return out
 
 
@@ -432,17 +492,18 @@ def summarise_env(env: str, by_model: dict[str, list[Run]], reps: int,
             "steps_reached": [min(reached), max(reached)],
             "stopped_early": [str(r.path) for r in runs if r.last_step < budget],
             "final": finals,
+            "settings": settings_used(runs),
         }
     improvement = []
-    for model in (m for m in MEMORY_MODELS if m in by_model):
-        for baseline in (b for b in BASELINES if b in by_model):
-            for metric in METRICS:
-                x, y = final_scores(by_model[model], metric), final_scores(by_model[baseline], metric)
-                if len(x) and len(y):
-                    improvement.append({"model": model, "baseline": baseline, "metric": metric,
-                                        "n_model": len(x), "n_baseline": len(y),
-                                        **probability_of_improvement(x, y, reps)})
-    return {"n_steps": budget, "models": models, "improvement": improvement,
+    for model, baseline in comparisons(by_model):
+        for metric in METRICS:
+            x, y = final_scores(by_model[model], metric), final_scores(by_model[baseline], metric)
+            if len(x) and len(y):
+                improvement.append({"model": model, "baseline": baseline, "metric": metric,
+                                    "n_model": len(x), "n_baseline": len(y),
+                                    **probability_of_improvement(x, y, reps)})
+    places = sorted({r.where for model_runs in by_model.values() for r in model_runs})
+    return {"n_steps": budget, "models": models, "improvement": improvement, "ran_on": places,
             "efficiency": sample_efficiency(by_model, reps, levels), "plots": {}}
 
 
@@ -472,7 +533,12 @@ def render_markdown(report: dict[str, Any]) -> str:
              "per env: returns are not comparable across envs. (n=k): only k of the runs logged the metric "
              "(the others never finished an episode).", ""]
     for env, summary in report["envs"].items():
-        lines += [f"## {env}", "", f"Budget: {summary['n_steps']:,} env steps.", "",
+        ran_on = ", ".join(summary.get("ran_on", [])) or "?"
+        mixed = " **Runs ran on different devices or env backends: seeds play out differently on each.**" \
+            if len(summary.get("ran_on", [])) > 1 else ""
+        chance = f" Chance success rate: {summary['chance_success']:g}." if summary.get("chance_success") is not None else ""
+        lines += [f"## {env}", "", f"Budget: {summary['n_steps']:,} env steps. Ran on (device / env backend): "
+                  f"{ran_on}.{mixed}{chance}", "",
                   "| model | runs (seeds) | env steps reached (min–max) | final return IQM [95% CI] | mean [95% CI] "
                   "| success rate IQM [95% CI] | mean [95% CI] |",
                   "|---|---|---|---|---|---|---|"]
@@ -492,16 +558,17 @@ def render_markdown(report: dict[str, Any]) -> str:
                       "and they add to the curves only up to their last logged step):", *early_notes]
         lines += ["", "### Probability of improvement", ""]
         if summary["improvement"]:
-            lines += ["P(a random run of the memory model ends higher than a random run of the baseline), "
-                      f"{CONFIDENCE:.0%} CI.", "",
-                      "| memory model | baseline | metric | runs | P(improvement) [95% CI] |", "|---|---|---|---|---|"]
+            lines += ["P(a random run of the model ends higher than a random run of the baseline, a model of a "
+                      f"simpler kind), {CONFIDENCE:.0%} CI.", "",
+                      "| model | baseline | metric | runs | P(improvement) [95% CI] |", "|---|---|---|---|---|"]
             for row in summary["improvement"]:
                 lines.append(f"| {row['model']} | {row['baseline']} | {METRIC_NAMES[row['metric']]} "
                              f"| {row['n_model']} vs {row['n_baseline']} "
                              f"| {format_interval(row)} |")
         else:
-            lines.append("No memory model (HELM, HELMv2, SHELM) and baseline (Impala-PPO, CNN-PPO) both ran here.")
+            lines.append("No two models of different kinds (frozen LM, trained memory, no memory) both ran here.")
         lines += render_efficiency(summary["efficiency"], summary["models"])
+        lines += render_settings(summary["models"])
         lines += ["", "### Learning curves", "",
                   f"Mean over seeds with a {CONFIDENCE:.0%} bootstrap band over seeds.", ""]
         lines += [f"- [{metric}]({name})" for metric, name in summary["plots"].items()]
@@ -522,7 +589,7 @@ def render_efficiency(eff: dict[str, Any], models: dict[str, Any]) -> list[str]:
         lines.append(f"| {model} | {n} of {models[model]['runs']} | {format_estimate(stats, 'iqm', n)} "
                      f"| {format_estimate(stats, 'mean', n)} |")
     if eff["improvement"]:
-        lines += ["", "| memory model | baseline | runs | P(higher mean return over training) [95% CI] |",
+        lines += ["", "| model | baseline | runs | P(higher mean return over training) [95% CI] |",
                   "|---|---|---|---|"]
         lines += [f"| {row['model']} | {row['baseline']} | {row['n_model']} vs {row['n_baseline']} "
                   f"| {format_interval(row)} |" for row in eff["improvement"]]
@@ -535,6 +602,20 @@ def render_efficiency(eff: dict[str, Any], models: dict[str, Any]) -> list[str]:
                 cells = " | ".join("–" if v is None else f"{v / 1000:.0f}k" if v >= 10_000 else str(v)
                                    for v in row["steps"])
                 lines.append(f"| {model} | {row['seed']} | {cells} |")
+    return lines
+
+
+def render_settings(models: dict[str, Any]) -> list[str]:
+    """Every setting the runs of each model used: the shared ones in a table, per model."""
+    if not all("settings" in stats for stats in models.values()):
+        return []
+    names = list(models)
+    keys = sorted({k for stats in models.values() for k in stats["settings"]})
+    cell = lambda v: "–" if v is None else ", ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    lines = ["", "### Settings", "", "Every config key of the runs (a list where runs of a model differed).", "",
+             f"| key | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
+    for key in keys:
+        lines.append(f"| `{key}` | " + " | ".join(cell(models[m]["settings"].get(key)) for m in names) + " |")
     return lines
 
 
@@ -557,7 +638,8 @@ def write_out(action: Callable[[], Any], path: Path) -> None:
 
 
 def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps: int = 100,
-                 reps: int = 2000, levels: list[float] | None = None) -> dict[str, Any]:
+                 reps: int = 2000, levels: list[float] | None = None,
+                 chance: float | None = None) -> dict[str, Any]:
     """Write report.md, report.json and the curve PNGs into `out_dir`; return what report.json holds."""
     if metric_steps < 2:
         raise UserError(f"--metric-steps must be at least 2, got {metric_steps}")
@@ -574,17 +656,20 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
         "seed": SEED,
         "confidence": CONFIDENCE,
         "runs": [{"path": str(r.path), "env": r.env, "model": r.model, "seed": r.seed, "n_steps": r.budget,
-                  "last_step": r.last_step, "final": {m: r.final(m) for m in METRICS}} for r in runs],
+                  "last_step": r.last_step, "ran_on": r.where, "final": {m: r.final(m) for m in METRICS}}
+                 for r in runs],
         "envs": {},
     }
     for env, by_model in groups.items():
         by_model = dict(sorted(by_model.items(), key=lambda item: model_rank(item[0])))
         summary = summarise_env(env, by_model, reps, levels)
+        summary["chance_success"] = chance_success(env, chance)
         for metric in METRICS:
             if any(metric in r.scalars for model_runs in by_model.values() for r in model_runs):
                 name = curves_filename(env, metric)
+                line = summary["chance_success"] if metric == "rollout/success_rate" else None
                 write_out(lambda: plot_curves(env, metric, by_model, summary["n_steps"], metric_steps, reps,
-                                              out_dir / name), out_dir / name)
+                                              out_dir / name, line), out_dir / name)
                 summary["plots"][metric] = name
         report["envs"][env] = summary
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
@@ -603,6 +688,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="bootstrap repetitions for the confidence intervals (default: 2000)")
     parser.add_argument("--levels", type=_levels, default=None, metavar="R1,R2,...",
                         help="return levels for the steps-to-level table (default: 50/80/90%% of the best final return)")
+    parser.add_argument("--chance-success", type=float, default=None, metavar="P",
+                        help="chance success rate to draw on the success plots (default: known per task, e.g. 0.5 on "
+                             "MiniGrid-Memory)")
     return parser.parse_args(argv)
 
 
@@ -616,7 +704,7 @@ def _levels(text: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        report = build_report(args.paths, args.out, args.metric_steps, args.reps, args.levels)
+        report = build_report(args.paths, args.out, args.metric_steps, args.reps, args.levels, args.chance_success)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
