@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from utils.cli import OneLineArgumentParser  # noqa: E402  (standard library only)
 from utils.errors import UserError  # noqa: E402
 
 STATE_FILE = "sweep.json"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", nargs="+", default=[], metavar="FILE", help="config files (each a set of trials)")
     parser.add_argument("--seeds", type=int, help="seeds 1..N per config and grid point")
     parser.add_argument("--seed-list", help="explicit seeds, comma-separated (instead of --seeds)")
@@ -108,7 +110,9 @@ def build_trials(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     names = set()
     for config_file in args.config:
         base = config_lib.resolve(config_file, args.var, warn=False)
-        explicit = set(config_lib.load_file(config_file)) | set(overrides) | set(grid)
+        # what the user set: their --var and --grid, and the file's keys, unless the grid picks the
+        # model (then each model is checked against its own settings, not the file's other model)
+        explicit = set(overrides) | set(grid) | (set() if "model" in grid else set(config_lib.load_file(config_file)))
         names.add(base["env"])
         for values in itertools.product(*grid.values()):
             point = dict(zip(grid, values))
@@ -238,7 +242,14 @@ def start_ray(address: str | None):
 
 
 def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str, list[str]]]:
+    from trainers.run import check_run_id
+
     experiments = Path(args.experiments_dir).resolve()
+    created: Path | None = None  # what this call wrote, removed again if Ray cannot start
+    if args.name is not None:
+        check_run_id(args.name, "--name")  # it names folders inside the experiments directory
+    if args.address and args.address != "auto":
+        check_reachable(args.address)  # before anything is written: a rerun must not find a half-made sweep
     if args.resume:
         if not args.name:
             raise UserError("--resume needs --name NAME of the sweep")
@@ -258,7 +269,9 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
         taken = [t["run_dir"] for t in trials if Path(t["run_dir"]).exists()]
         if taken:
             raise UserError(f"run directory {taken[0]} already exists; pick another --name")
+        made_state_dir = not state_dir.exists()
         save_state(state_dir, name, trials, argv)
+        created = state_dir if made_state_dir else state_dir / STATE_FILE
 
     outcome: dict[str, list[str]] = {"finished_before": [], "done": [], "failed": [], "stopped": []}
     todo = []
@@ -272,7 +285,12 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
     if not todo:
         return name, outcome
 
-    start_ray(args.address)
+    try:
+        start_ray(args.address)
+    except UserError:
+        if created is not None:  # nothing ran: leave nothing behind, so the same command can be rerun
+            shutil.rmtree(created) if created.is_dir() else created.unlink(missing_ok=True)
+        raise
     from ray import tune
 
     tuner = tune.Tuner(

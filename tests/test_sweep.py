@@ -112,3 +112,46 @@ def test_trials_cross_configs_grid_and_seeds(tmp_path):
     names = {Path(t["run_dir"]).name for t in trials}
     assert "g-learning_rate0.001-ent_coef0.0-seed1" in names and len(names) == 8
     assert all(t["cfg"]["torch_threads"] == 1 for t in trials)
+
+
+def test_a_name_that_leaves_the_experiments_dir_is_refused(tmp_path, capsys):
+    cnn = write_config(tmp_path / "cnn.json", model="CNN-PPO")
+    for name in ("../../x", "a/b", ".hidden", ".."):
+        for extra in ([], ["--resume"]):
+            args = ["--name", name, *extra] if extra else ["--config", cnn, "--seeds", "1", "--name", name]
+            assert sweep.main([*args, "--experiments-dir", str(tmp_path / "exp" / "inner")]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"error: --name {name!r} must be a plain directory name (no '/', not starting with '.')"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cnn.json"]  # nothing written anywhere
+
+
+def test_usage_errors_are_one_line(capsys):
+    for args in (["--seeds", "abc"], ["--no-such-flag"], ["--cpus-per-trial", "x"]):
+        with pytest.raises(SystemExit) as exit_:
+            sweep.parse_args(args)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ": error: " in err and "(see --help)" in err, err
+
+
+def test_an_unreachable_cluster_leaves_nothing_so_the_command_can_be_rerun(tmp_path, capsys):
+    cnn = write_config(tmp_path / "cnn.json", model="CNN-PPO")
+    argv = ["--config", cnn, "--seeds", "1", "--name", "u", "--address", "127.0.0.1:1",
+            "--experiments-dir", str(tmp_path / "exp")]
+    for _ in range(2):
+        assert sweep.main(argv) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert "cannot reach the Ray cluster at 127.0.0.1:1" in line  # not "sweep exists" the second time
+    assert not (tmp_path / "exp").exists()
+
+
+def test_a_grid_over_models_checks_each_model_against_its_own_settings(tmp_path, capsys):
+    """config.json sets lm_mode for HELM: a CNN-PPO trial of the same grid must not warn about it."""
+    args = sweep.parse_args(["--config", str(ROOT / "config.json"), "--seeds", "1", "--grid", "model=HELM,CNN-PPO",
+                             "--name", "m", "--experiments-dir", str(tmp_path / "exp")])
+    sweep.build_trials(args)
+    assert "warning" not in capsys.readouterr().err
+    args = sweep.parse_args(["--config", str(ROOT / "config.json"), "--seeds", "1", "--grid", "model=CNN-PPO",
+                             "--var", "topk=3", "--name", "m2", "--experiments-dir", str(tmp_path / "exp")])
+    sweep.build_trials(args)
+    assert "warning: CNN-PPO does not use topk=3" in capsys.readouterr().err  # what the user set still warns

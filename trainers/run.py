@@ -56,10 +56,10 @@ def apply_threads(threads: int | None) -> int:
     return threads
 
 
-def check_run_id(run_id: str) -> None:
-    """A run id names one directory inside the experiments directory, nothing else."""
+def check_run_id(run_id: str, flag: str = "--run-id") -> None:
+    """A run id (or sweep name) names one directory inside the experiments directory, nothing else."""
     if not run_id or run_id in (".", "..") or "/" in run_id or os.sep in run_id or run_id.startswith("."):
-        raise UserError(f"--run-id {run_id!r} must be a plain directory name (no '/', not starting with '.')")
+        raise UserError(f"{flag} {run_id!r} must be a plain directory name (no '/', not starting with '.')")
 
 
 def check_writable(path: Path) -> None:
