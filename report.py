@@ -118,6 +118,39 @@ def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
     return sorted(found.values())
 
 
+def find_probes(paths: Iterable[Path]) -> list[tuple[Path, dict[str, Any]]]:
+    """Every probe.py output (a probe.json) at or below `paths`, with its numbers."""
+    found: dict[Path, tuple[Path, dict[str, Any]]] = {}
+    for path in paths:
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            if "probe.json" in filenames:
+                file = Path(dirpath) / "probe.json"
+                try:
+                    data = json.loads(file.read_text())
+                except (OSError, ValueError):
+                    print(f"warning: skipping unreadable probe result {file}", file=sys.stderr)
+                    continue
+                if isinstance(data, dict) and "model" in data and "env" in data:
+                    found.setdefault(file.resolve(), (Path(dirpath), data))
+    return sorted(found.values(), key=lambda item: (item[1]["env"], model_rank(item[1]["model"]), str(item[0])))
+
+
+def probe_summary(folder: Path, data: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The headline numbers of a probe: cue accuracy 1, 4 and 16 steps after it left the view,
+    recall of the frame 1, 8 and 32 steps back; memory / frame (no memory) / chance each."""
+    pick = lambda probe, key, at: {  # noqa: E731
+        str(a): {rep: probe[rep][probe[key].index(a)] for rep in ("memory", "frame", "chance")}
+        for a in at if a in probe[key]}
+    summary = {"path": os.path.relpath(folder, out_dir), "model": data["model"], "env": data["env"],
+               "what": data.get("what"), "episodes": data.get("episodes")}
+    if data.get("cue"):
+        summary["cue"] = pick(data["cue"], "buckets", ["1", "4", "16"])
+    if data.get("recall"):
+        summary["recall"] = pick(data["recall"], "k", [1, 8, 32])
+    return summary
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's config.json, checked for the keys the report groups and budgets by."""
     path = run_dir / "config.json"
@@ -575,7 +608,28 @@ def render_markdown(report: dict[str, Any]) -> str:
         for metric, name in summary["plots"].items():
             lines += ["", f"![{env} {metric}]({name})"]
         lines.append("")
+    lines += render_probes(report.get("probes", []))
     return "\n".join(lines).rstrip() + "\n"
+
+
+def render_probes(probes: list[dict[str, Any]]) -> list[str]:
+    """The probe.py results found beside the runs: held-out accuracy of memory / frame (no memory) / chance."""
+    if not probes:
+        return []
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+    cell = lambda probe, at: " / ".join(fmt(probe[at][rep]) for rep in ("memory", "frame", "chance")) if at in probe else "–"  # noqa: E731
+    lines = ["## Probes", "",
+             "Linear probes (`probe.py`) on what each memory gives its policy, held-out accuracy as memory / "
+             "current frame's CNN (no memory) / chance. Cue: the cue s steps after it was last in view; recall: "
+             "the attributes of the frame k steps back.", "",
+             "| env | model | agent | cue s=1 | s=4 | s=16 | recall k=1 | k=8 | k=32 | details |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for p in probes:
+        cue, recall = p.get("cue", {}), p.get("recall", {})
+        lines.append(f"| {p['env']} | {p['model']} | {p['what']} | {cell(cue, '1')} | {cell(cue, '4')} | {cell(cue, '16')} "
+                     f"| {cell(recall, '1')} | {cell(recall, '8')} | {cell(recall, '32')} "
+                     f"| [probe.md]({p['path']}/probe.md) |")
+    return [*lines, ""]
 
 
 def render_efficiency(eff: dict[str, Any], models: dict[str, Any]) -> list[str]:
@@ -672,6 +726,7 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
                                               out_dir / name, line), out_dir / name)
                 summary["plots"][metric] = name
         report["envs"][env] = summary
+    report["probes"] = [probe_summary(folder, data, out_dir) for folder, data in find_probes(paths)]
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     write_out(lambda: json_path.write_text(json.dumps(report, indent=2) + "\n"), json_path)
     write_out(lambda: md_path.write_text(render_markdown(report)), md_path)

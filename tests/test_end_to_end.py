@@ -15,6 +15,7 @@ from conftest import ROOT, TINY, run_main
 from utils.checkpoint import load_checkpoint
 
 BASELINES = ["CNN-PPO", "Impala-PPO"]
+TRAINED_MEMORIES = ["LSTM-PPO", "GRU-PPO", "TrXL-PPO"]  # the memory zoo beside the papers' baselines
 
 
 def _run_dir(experiments: Path) -> Path:
@@ -30,7 +31,7 @@ def _scalars(run_dir: Path) -> dict:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("model", BASELINES)
+@pytest.mark.parametrize("model", BASELINES + TRAINED_MEMORIES)
 def test_train_resume_and_eval(model, experiments, tmp_path, capsys):
     assert run_main("--var", f"model={model}", "--var", "env=CueRecall-D1-v0", "--run-id", "r",
                     experiments=experiments) == 0
@@ -57,7 +58,7 @@ def test_train_resume_and_eval(model, experiments, tmp_path, capsys):
     assert "return" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("model", BASELINES)
+@pytest.mark.parametrize("model", BASELINES + TRAINED_MEMORIES)
 def test_trains_on_minigrid(model, experiments):
     assert run_main("--var", f"model={model}", "--var", "env=MiniGrid-MemoryS7-v0", experiments=experiments) == 0
     assert load_checkpoint(_run_dir(experiments) / "ckpt_last.pt")["step"] == 64

@@ -1,8 +1,9 @@
 """A memory test that can fail: cue recall, where only an agent with memory beats chance.
 
 The cue (red or blue) is shown at the first step only; one step later a query asks which it was.
-HELM with a tiny frozen (random) LM and the LSTM baseline must learn it well above chance within
-a CPU-minute budget, while CNN-PPO, which only sees the query, must stay at chance.
+HELM with a tiny frozen (random) LM and every trained memory (the LSTM baseline, the GRU and the
+GTrXL) must learn it well above chance within a CPU-minute budget, while CNN-PPO, which only sees
+the query, must stay at chance.
 """
 
 from __future__ import annotations
@@ -44,8 +45,14 @@ def test_helm_remembers_the_cue(tiny_lm, experiments):
 
 
 @pytest.mark.slow
-def test_lstm_remembers_the_cue(experiments):
-    assert _train("Impala-PPO", experiments) >= 0.75
+@pytest.mark.parametrize("model", ["Impala-PPO", "GRU-PPO", "TrXL-PPO"])
+def test_trained_memories_remember_the_cue(model, experiments):
+    # twice the budget: a memory trained from scratch must first learn what to keep (the GRU is at
+    # 0.73 after 4,608 steps); --var given twice: the last one counts. The transformer takes a
+    # smaller step: at lr 1e-3 its updates' KL jumps to 0.3-0.5 and it forgets the task it had
+    # solved (0.51 at the end), at 3e-4 it holds it (0.99-1.0 from 5k steps on).
+    lr = ["--var", "learning_rate=3e-4"] if model == "TrXL-PPO" else []
+    assert _train(model, experiments, "--var", "n_steps=9216", *lr) >= 0.75
 
 
 @pytest.mark.slow
