@@ -231,7 +231,8 @@ def load_runs(paths: Iterable[Path]) -> list[Run]:
     paths = list(paths)
     run_dirs = find_run_dirs(paths)
     if not run_dirs:
-        raise UserError(f"no run directories (config.json + TensorBoard events) under {', '.join(map(str, paths))}")
+        raise UserError(f"no run directories (config.json + TensorBoard events) or probe results (probe.json) under "
+                        f"{', '.join(map(str, paths))}")
     runs = []
     for run_dir in run_dirs:
         damaged = [(f, why) for f in sorted(run_dir.glob(f"{EVENTS_PREFIX}*")) if (why := events_file_problem(f))]
@@ -608,11 +609,50 @@ def render_markdown(report: dict[str, Any]) -> str:
         for metric, name in summary["plots"].items():
             lines += ["", f"![{env} {metric}]({name})"]
         lines.append("")
-    lines += render_probes(report.get("probes", []))
+    lines += render_probes(report.get("probes", []), report.get("probe_plots"))
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_probes(probes: list[dict[str, Any]]) -> list[str]:
+def plot_probes(env: str, kind: str, probes: list[dict[str, Any]], out_path: Path) -> None:
+    """One PNG: held-out accuracy of each probed memory (solid), of its current frame's CNN (dotted,
+    the memory-free floor) and chance (grey), against steps since the cue left the view or k."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    chances = []
+    for data in probes:
+        probe = data[kind]
+        if kind == "cue":
+            keep = [j for j, b in enumerate(probe["buckets"]) if b.isdigit() and probe["memory"][j] is not None]
+            xs = [int(probe["buckets"][j]) for j in keep]
+            series = {rep: [probe[rep][j] for j in keep] for rep in ("memory", "frame", "chance")}
+        else:
+            xs, series = probe["k"], {rep: probe[rep] for rep in ("memory", "frame", "chance")}
+        line = ax.plot(xs, series["memory"], marker="o", markersize=3,
+                       label=f"{data['model']} ({data.get('what', '')}): memory")[0]
+        ax.plot(xs, series["frame"], color=line.get_color(), linestyle=":", linewidth=1,
+                label=f"{data['model']}: current frame only")
+        chances.append((xs, series["chance"]))
+    for xs, chance in chances[:1]:
+        ax.plot(xs, chance, color="grey", linestyle="--", linewidth=1, label="chance (majority class)")
+    if kind == "cue":
+        ax.set_xlabel("env steps since the cue was last in view")
+    else:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("k: attributes of the frame k steps back")
+    ax.set_ylabel("held-out accuracy of a linear probe")
+    ax.set_title(f"{env}: what the memory keeps ({'the cue' if kind == 'cue' else 'recall'})", fontsize=10)
+    ax.set_ylim(0.3, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=120)
+
+
+def render_probes(probes: list[dict[str, Any]], plots: dict[str, dict[str, str]] | None = None) -> list[str]:
     """The probe.py results found beside the runs: held-out accuracy of memory / frame (no memory) / chance."""
     if not probes:
         return []
@@ -629,6 +669,8 @@ def render_probes(probes: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {p['env']} | {p['model']} | {p['what']} | {cell(cue, '1')} | {cell(cue, '4')} | {cell(cue, '16')} "
                      f"| {cell(recall, '1')} | {cell(recall, '8')} | {cell(recall, '32')} "
                      f"| [probe.md]({p['path']}/probe.md) |")
+    for env, files in (plots or {}).items():
+        lines += ["", *[f"![{env} probe {kind}]({name})" for kind, name in files.items()]]
     return [*lines, ""]
 
 
@@ -700,7 +742,8 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
     if reps < 1:
         raise UserError(f"--reps must be at least 1, got {reps}")
     paths, out_dir = [Path(p) for p in paths], Path(out_dir)
-    groups = group_runs(load_runs(paths))
+    probes = find_probes(paths)
+    groups = group_runs(load_runs(paths)) if find_run_dirs(paths) or not probes else {}
     prepare_out_dir(out_dir)
     runs = [r for by_model in groups.values() for model_runs in by_model.values() for r in model_runs]
     report: dict[str, Any] = {
@@ -726,7 +769,15 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
                                               out_dir / name, line), out_dir / name)
                 summary["plots"][metric] = name
         report["envs"][env] = summary
-    report["probes"] = [probe_summary(folder, data, out_dir) for folder, data in find_probes(paths)]
+    report["probes"] = [probe_summary(folder, data, out_dir) for folder, data in probes]
+    report["probe_plots"] = {}
+    for env in dict.fromkeys(data["env"] for _, data in probes):
+        for kind in ("cue", "recall"):
+            of_env = [data for _, data in probes if data["env"] == env and data.get(kind)]
+            if of_env:
+                name = curves_filename(env, f"probe_{kind}")
+                write_out(lambda: plot_probes(env, kind, of_env, out_dir / name), out_dir / name)
+                report["probe_plots"].setdefault(env, {})[kind] = name
     json_path, md_path = out_dir / "report.json", out_dir / "report.md"
     write_out(lambda: json_path.write_text(json.dumps(report, indent=2) + "\n"), json_path)
     write_out(lambda: md_path.write_text(render_markdown(report)), md_path)

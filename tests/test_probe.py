@@ -110,6 +110,13 @@ def test_report_shows_probes_that_sit_beside_the_runs(runs, tmp_path):
     (row,) = data["probes"]
     assert row["model"] == "GRU-PPO" and row["path"] == "../probes/gru" and "1" in row["cue"]
     assert "## Probes" in (out / "report.md").read_text()
+    assert (out / data["probe_plots"]["CueRecall-D1-v0"]["cue"]).stat().st_size > 0
+
+    # probe results alone (e.g. of an untrained agent) make a report too: their table and curves
+    alone = tmp_path / "alone"
+    assert report.main([str(tmp_path / "results" / "probes"), "--out", str(alone), "--reps", "50"]) == 0
+    data = json.loads((alone / "report.json").read_text())
+    assert data["runs"] == [] and len(data["probes"]) == 1 and set(data["probe_plots"]["CueRecall-D1-v0"]) == {"cue", "recall"}
 
 
 @pytest.mark.parametrize("argv,expected", [

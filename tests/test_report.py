@@ -121,7 +121,7 @@ def test_no_runs_is_a_user_error(tmp_path, capsys):
     (tmp_path / "empty" / "sub" / "config.json").write_text("{}")  # a config without events is no run
     assert report.main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no run directories (config.json + TensorBoard events) under ")
+    assert err.startswith("error: no run directories (config.json + TensorBoard events) or probe results (probe.json) under ")
     assert err.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
