@@ -155,3 +155,18 @@ def test_a_grid_over_models_checks_each_model_against_its_own_settings(tmp_path,
                              "--var", "topk=3", "--name", "m2", "--experiments-dir", str(tmp_path / "exp")])
     sweep.build_trials(args)
     assert "warning: CNN-PPO does not use topk=3" in capsys.readouterr().err  # what the user set still warns
+
+
+@pytest.mark.slow
+def test_the_trained_memories_sweep_and_report_like_every_model(tmp_path):
+    import report
+
+    config = write_config(tmp_path / "zoo.json", model="Impala-PPO", trxl_dim=16, trxl_heads=2, trxl_mem_len=4)
+    done = run_sweep("--config", config, "--grid", "model=LSTM-PPO,GRU-PPO,TrXL-PPO", "--seeds", "1", "--name", "zoo",
+                     "--experiments-dir", "exp", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = [tmp_path / "exp" / model / "CueRecall-D1-v0" / f"zoo-model{model}-seed1" for model in ("LSTM-PPO", "GRU-PPO", "TrXL-PPO")]
+    assert all(steps(run) == 32 for run in runs)
+    assert report.main([str(tmp_path / "exp"), "--out", str(tmp_path / "report"), "--reps", "50"]) == 0
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert list(data["envs"]["CueRecall-D1-v0"]["models"]) == ["LSTM-PPO", "GRU-PPO", "TrXL-PPO"]
