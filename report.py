@@ -566,6 +566,8 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"stratified-bootstrap CIs ({report['reps']} repetitions, seed {report['seed']}). Statistics are "
              "per env: returns are not comparable across envs. (n=k): only k of the runs logged the metric "
              "(the others never finished an episode).", ""]
+    if not report["runs"]:
+        lines = ["# Probe report", ""]
     for env, summary in report["envs"].items():
         ran_on = ", ".join(summary.get("ran_on", [])) or "?"
         mixed = " **Runs ran on different devices or env backends: seeds play out differently on each.**" \
