@@ -574,7 +574,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             if len(summary.get("ran_on", [])) > 1 else ""
         chance = f" Chance success rate: {summary['chance_success']:g}." if summary.get("chance_success") is not None else ""
         lines += [f"## {env}", "", f"Budget: {summary['n_steps']:,} env steps. Ran on (device / env backend): "
-                  f"{ran_on}.{mixed}{chance}", "",
+                  f"{ran_on}.{mixed}{chance}", "", "### Summary", "", results_table(report, env), "",
+                  "### Final performance", "",
                   "| model | runs (seeds) | env steps reached (min–max) | final return IQM [95% CI] | mean [95% CI] "
                   "| success rate IQM [95% CI] | mean [95% CI] |",
                   "|---|---|---|---|---|---|---|"]
@@ -652,6 +653,41 @@ def plot_probes(env: str, kind: str, probes: list[dict[str, Any]], out_path: Pat
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
+
+
+def results_table(report: dict[str, Any], env: str) -> str:
+    """The README's results table of one env, rendered from report.json (a test keeps the two equal).
+
+    Per model: runs, final return and success rate (IQM [95% CI]), mean return over training (IQM
+    [95% CI]) and env steps to each return level (mean over the runs that reached it). Then the
+    probability of improvement of every model over every simpler one, on both measures.
+    """
+    summary = report["envs"][env]
+    eff = summary["efficiency"]
+    levels = " / ".join(f"{level:g}" for level in eff["levels"])
+    lines = [f"| model | runs | final return, IQM [95% CI] | success, IQM | mean return over training, IQM [95% CI] "
+             f"| env steps to a {levels} return (mean over runs that got there) |", "|---|---|---|---|---|---|"]
+    for model, stats in summary["models"].items():
+        final, success = stats["final"]["rollout/ep_rew_mean"], stats["final"]["rollout/success_rate"]
+        auc = eff["models"].get(model)
+        reached = []
+        for i in range(len(eff["levels"])):
+            steps = [row["steps"][i] for row in eff["steps_to_level"][model] if row["steps"][i] is not None]
+            missing = stats["runs"] - len(steps)
+            text = f"{np.mean(steps) / 1000:.0f}k" if steps else "never"
+            reached.append(text + (f" ({missing} never)" if steps and missing else ""))
+        lines.append(f"| {model} | {stats['runs']} | {format_interval(final['iqm']) if final else '–'} "
+                     f"| {success['iqm']['point']:.0%} | {format_interval(auc['iqm']) if auc else '–'} | {' / '.join(reached)} |"
+                     if success else f"| {model} | {stats['runs']} | – | – | – | – |")
+    rows = {(r["model"], r["baseline"]): r for r in eff["improvement"]}
+    final_rows = {(r["model"], r["baseline"]): r for r in summary["improvement"] if r["metric"] == "rollout/ep_rew_mean"}
+    if final_rows:
+        lines += ["", "| model | baseline | P(higher mean return over training) [95% CI] | P(higher final return) [95% CI] |",
+                  "|---|---|---|---|"]
+        for pair, row in final_rows.items():
+            over_training = format_interval(rows[pair]) if pair in rows else "–"
+            lines.append(f"| {pair[0]} | {pair[1]} | {over_training} | {format_interval(row)} |")
+    return "\n".join(lines)
 
 
 def render_probes(probes: list[dict[str, Any]], plots: dict[str, dict[str, str]] | None = None) -> list[str]:

@@ -5,7 +5,8 @@ Everything runs in one process with the same torch thread count:
 * env only: our ``envs.make_env`` sync vector env (gymnasium ``SyncVectorEnv``) stepping random
   actions, and for reference the SB3 env stack the SB3 runs below use (``DummyVecEnv`` of the same
   wrapped env + ``Monitor``, ``VecNormalize``, ``VecTransposeImage``);
-* ours: ``PPOTrainer.train()`` with CNN-PPO and Impala-PPO (built by ``models.build_agent``);
+* ours: ``PPOTrainer.train()`` with CNN-PPO and Impala-PPO (built by ``models.build_agent``), and
+  the other trained memories, GRU-PPO and TrXL-PPO (``--only zoo``, with Impala-PPO);
 * SB3 ``PPO`` with the CNN-PPO network: a features extractor that is our ``SmallImpalaCNN(
   channel_scale=4, hidden=1024)`` and heads identical to our ``ActorCritic`` (actor Linear(128)-
   LayerNorm-ReLU-Linear, critic Linear(512)-LayerNorm-ReLU-Linear, CNN shared by both);
@@ -80,7 +81,7 @@ PPO_KWARGS = dict(  # the papers' settings, in SB3's names
     max_grad_norm=0.5, n_steps=N_ROLLOUT, n_epochs=N_EPOCHS, batch_size=STEPS_PER_UPDATE // N_BATCHES,
     normalize_advantage=True,
 )
-GROUPS = ("env", "cnn", "lstm", "ours", "sb3", "helm", "bf16")
+GROUPS = ("env", "cnn", "lstm", "ours", "sb3", "helm", "bf16", "zoo")
 SMOKE_LM: str | None = None  # --smoke: the tiny LM that replaces MiniLM and the GPT-2-small-sized LM
 
 
@@ -463,7 +464,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--updates", type=int, default=4, help="timed PPO updates per training run "
                         f"({STEPS_PER_UPDATE} env steps each), after one untimed warm-up update (default 4)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(GROUPS)} (cnn: our "
-                        "CNN-PPO and SB3 PPO; lstm: our Impala-PPO and RecurrentPPO; ours; sb3: the SB3 rows)")
+                        "CNN-PPO and SB3 PPO; lstm: our Impala-PPO and RecurrentPPO; zoo: the trained memories "
+                        "LSTM, GRU, TrXL; ours; sb3: the SB3 rows)")
     parser.add_argument("--env-steps", type=int, default=64,
                         help="vector steps (x16 env steps) per round for the env-only rows (default 64)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -496,7 +498,9 @@ def main(argv: list[str] | None = None) -> None:
         ({"env"}, lambda: EnvRunner(args.env_steps, sb3=False)),
         ({"env", "sb3"}, lambda: EnvRunner(args.env_steps, sb3=True)),
         ({"cnn", "ours"}, lambda: OursRunner("CNN-PPO", args.seed)),
-        ({"lstm", "ours"}, lambda: OursRunner("Impala-PPO", args.seed)),
+        ({"lstm", "ours", "zoo"}, lambda: OursRunner("Impala-PPO", args.seed)),
+        ({"ours", "zoo"}, lambda: OursRunner("GRU-PPO", args.seed)),
+        ({"ours", "zoo"}, lambda: OursRunner("TrXL-PPO", args.seed, "TrXL-PPO (GTrXL 2 x 128, mem 64)")),
         ({"helm", "ours"}, lambda: OursRunner("HELM", args.seed, "HELM, MiniLM (causal, mem 511)",
                                               **helm_lm("minilm"))),
         ({"helm", "ours"}, lambda: OursRunner("HELM", args.seed, "HELM, GPT-2-small-sized (random, mem 511)",
