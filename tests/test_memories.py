@@ -244,3 +244,29 @@ def test_a_memory_is_added_with_one_file_and_one_registry_line(tmp_path, monkeyp
     assert evaluate.main(["--ckpt-path", str(run), "--n-episodes", "2", "--no-progress",
                           "--out", str(tmp_path / "eval")]) == 0
     assert "toy_memory" in sys.modules
+
+
+def test_no_import_circles_in_models():
+    """Every models/ module's imports of other models/ modules (lazy ones included) form no cycle."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "models"
+    graph = {}
+    for file in folder.glob("*.py"):
+        name = "models" if file.stem == "__init__" else f"models.{file.stem}"
+        imports = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("models"):
+                imports.add(node.module)
+            elif isinstance(node, ast.Import):
+                imports |= {alias.name for alias in node.names if alias.name.startswith("models")}
+        graph[name] = imports - {name}
+
+    def visit(node, path):
+        assert node not in path, f"import circle: {' -> '.join([*path, node])}"
+        for nxt in graph.get(node, ()):
+            visit(nxt, [*path, node])
+
+    for module in graph:
+        visit(module, [])
