@@ -77,6 +77,21 @@ def env_backend(env_id: str, vec_env: str) -> str:
     return family.lower()
 
 
+def episode_limit(envs: gym.vector.VectorEnv) -> int | None:
+    """The most steps an episode of these envs can last (None when the envs do not say)."""
+    inner = getattr(envs, "unwrapped", envs)
+    sub = (getattr(inner, "envs", None) or [None])[0]
+    for env in (sub, inner):
+        if env is None:
+            continue
+        steps = getattr(getattr(env, "unwrapped", env), "max_steps", None)  # MiniGrid's own limit
+        spec = getattr(env, "spec", None)
+        steps = steps or getattr(spec, "max_episode_steps", None)
+        if isinstance(steps, int) and steps > 0:
+            return steps
+    return None
+
+
 def check_registered(env_id: str, family: str) -> None:
     """A one-line error for an id gymnasium does not know, with the closest ids of its family."""
     if env_id in gym.registry:

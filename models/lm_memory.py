@@ -494,19 +494,45 @@ class LMMemory(Memory):
         state.base = max(state.t - (self.mem_len - 1), 0)
         state.capacity = capacity
 
+    @property
+    def rebuild_window(self) -> int:
+        """Tokens a rebuild re-encodes: the window, less a block when that would rebuild too often.
+
+        After a rebuild the newest token of a long row sits at position W - 1, so the next
+        rebuild is `max_positions - W + 1` steps away. With the whole window (W = mem_len, e.g.
+        MiniLM's 512 positions and mem_len 511) that is every second step, each a full forward of
+        the window. Re-encoding W = max_positions + 1 - mem_len // 4 tokens instead makes one
+        rebuild serve mem_len // 4 steps; in between, a long row's memory grows from W - 1 tokens
+        back to mem_len.
+        """
+        if self.position_limit is None:
+            return self.mem_len
+        return min(self.mem_len, self.position_limit + 1 - self._slack())
+
+    def rebuild_note(self, episode_limit: int | None) -> str | None:
+        """One line saying when and how often long episodes make this memory re-encode (None: never)."""
+        if self.mode != "causal" or self.position_limit is None or episode_limit is None:
+            return None
+        if episode_limit <= self.position_limit:
+            return None
+        period = self.position_limit - self.rebuild_window + 1
+        shrink = (f"; its memory then holds {self.rebuild_window - 1} tokens and grows back to {self.mem_len}"
+                  if self.rebuild_window < self.mem_len else "")
+        return (f"episodes last up to {episode_limit} steps, past the LM's {self.position_limit} positions: "
+                f"from step {self.position_limit} of an episode, its window is re-encoded every {period} steps{shrink}")
+
     def _rebuild(self, state: LMState) -> None:
-        """Re-encode the window's inputs with positions restarting at 0 in every row.
+        """Re-encode the last `rebuild_window` inputs with positions restarting at 0 in every row.
 
         Needed only for absolute position tables (GPT-2, BERT) once a row's episode outlives
-        them. The rebuilt keys/values see only the window, so outputs change slightly. Afterwards
-        the newest token of a long row sits at position mem_len - 1, so the next rebuild is
-        `max_positions - mem_len + 1` steps away.
+        them. The rebuilt keys/values see only those inputs, so outputs change slightly.
         """
         state.rebuilds += 1
         state.cache = _SlotCache(state.capacity)  # empty: the relayout moves only the inputs
         self._relayout(state, state.capacity)
-        live = self._live_tokens(state)
-        state.origin = state.start.clamp_min(state.t - (self.mem_len - 1))
+        window = self.rebuild_window
+        live = torch.arange(max(state.t - (window - 1), 0), state.t, device=state.inputs.device)
+        state.origin = state.start.clamp_min(state.t - (window - 1))
         state.slot_token.fill_(-1)
         if live.numel() == 0:
             return

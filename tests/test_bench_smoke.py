@@ -49,10 +49,12 @@ EXPECTED = {
                   "0 failed"],
     "clip_cache": ["| uniform-random | [0k, 0.064k] |", "| shortest-path |", "| HELMv2 | on |", "| SHELM | off |"],
     "throughput": ["| env only | make_env sync", "| ours (PPOTrainer) | CNN-PPO |", "| ours (PPOTrainer) | Impala-PPO |",
+                   "| ours (PPOTrainer) | GRU-PPO |", "| ours (PPOTrainer) | TrXL-PPO",
                    "| HELM, MiniLM (causal, mem 511), precision=bf16 |",
                    *(["| SB3 PPO |", "| sb3-contrib RecurrentPPO |"]
                      if installed("stable_baselines3") and installed("sb3_contrib")
                      else ["smoke: skipped the SB3 and sb3-contrib rows"])],
+    "long_episodes": ["| MiniGrid-MemoryS13-v0 | re-encode mem_len // 4 short |", "(before) |"],
     "helm_lm_speed": ["| Transformer-XL wt103 (ours) |", "| Pythia-410m (transformers) |"],
     "reset_modes": ['"step 8 of episode 2"', '"step 1 of episode 1"'],
     "trxl": ["ms per env step",

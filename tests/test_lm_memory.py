@@ -460,3 +460,27 @@ def test_rotary_positions_past_the_nominal_table_keep_the_exact_window(models, n
     out, state = feed(memory, x)
     torch.testing.assert_close(out[:, -1], full(model, x[:, -6:])[:, -1], atol=1e-4, rtol=0)
     assert state.rebuilds == 0
+
+
+def test_a_window_as_long_as_the_table_re_encodes_once_per_block_not_every_other_step(paths):
+    """mem_len 63 with 64 positions (as MiniLM's 511 with 512): a rebuild re-encodes a window a block
+    shorter, so it serves mem_len // 4 steps; between rebuilds the memory grows back to mem_len."""
+    model = load_frozen_lm(paths["gpt2"])  # 64 positions
+    memory = LMMemory(model, mem_len=63, mode="causal")
+    assert memory.rebuild_window == 64 + 1 - 15  # 15 = mem_len // 4
+    seen = []
+    hook = model.wpe.register_forward_hook(lambda module, args, out: seen.append(int(args[0].max())))
+    x = torch.randn(2, 400, memory.in_dim, generator=torch.Generator().manual_seed(0))
+    try:
+        out, state = feed(memory, x)
+    finally:
+        hook.remove()
+    assert torch.isfinite(out).all() and max(seen) < 64
+    period = 64 - memory.rebuild_window + 1
+    assert period == 15 and state.rebuilds <= -(-(400 - 63) // period) + 1  # the whole window: every 2nd step
+    # up to the first rebuild the output is the exact sliding window
+    torch.testing.assert_close(out[:, :64], full(model, x[:, :64], attention_mask=banded_mask(64, 63)), atol=ATOL, rtol=0)
+    note = memory.rebuild_note(845)
+    assert "re-encoded every 15 steps" in note and "holds 49 tokens and grows back to 63" in note
+    assert memory.rebuild_note(64) is None  # episodes within the table: never
+    assert LMMemory(load_frozen_lm(paths["llama"]), 63).rebuild_note(845) is None  # rotary: never

@@ -109,7 +109,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
     `ckpt_last.pt`) the trainer continues from it. The TensorBoard writer is made last, so a run
     that fails to build or to load leaves no events file behind.
     """
-    from envs import make_env
+    from envs import episode_limit, make_env
     from models import build_agent
     from trainers.ppo import PPOTrainer
     from utils.checkpoint import seed_everything
@@ -120,6 +120,9 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
     envs = make_env(cfg["env"], cfg["n_envs"], cfg["vec_env"])
     agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
     agent.to(device)
+    note = getattr(getattr(agent, "memory", None), "rebuild_note", None)
+    if note is not None and (text := note(episode_limit(envs))):
+        print(f"note: {cfg['env']} with lm={cfg['lm']}: {text}", file=sys.stderr)
     trainer = PPOTrainer(cfg, agent, envs, device, run_dir, None, progress=progress)
     if checkpoint is not None:
         try:
