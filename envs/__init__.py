@@ -53,11 +53,32 @@ _EXAMPLES = {
 }
 
 
+def resolve_vec_env(env_id: str, vec_env: str) -> str:
+    """``auto``: EnvPool where it implements the id and is installed (MiniGrid), else ``sync``.
+
+    EnvPool steps MiniGrid in C++ (about 10x faster than the Python envs, statistically the same
+    episodes), which keeps the env off a GPU's critical path; Procgen always runs in EnvPool, and
+    ``sync`` steps it on one thread. Any other value is returned as it is.
+    """
+    if vec_env != "auto":
+        return vec_env
+    if family_of(env_id) == "MiniGrid":
+        try:
+            from envs.minigrid_envpool import envpool_ids
+
+            if env_id in envpool_ids():
+                return "envpool"
+        except ImportError:  # the extra is not installed: the Python envs
+            pass
+    return "sync"
+
+
 def make_env(env_id: str, n_envs: int, vec_env: str = "sync") -> gym.vector.VectorEnv:
     """Build ``n_envs`` copies of ``env_id`` as one vector env (same-step autoreset)."""
     import importlib
 
     family = family_of(env_id)
+    vec_env = resolve_vec_env(env_id, vec_env)
     if vec_env == "envpool" and family != "MiniGrid":
         hint = " (Procgen always steps in EnvPool: sync uses one thread, async several)" if family == "Procgen" else ""
         raise UserError(f"vec_env=envpool is for MiniGrid ids; use sync or async for {family}{hint}")

@@ -253,3 +253,43 @@ def test_main_trains_with_vec_env_envpool(tmp_path):
         assert not made
     finally:
         minigrid_envpool.SameStepMiniGridPool.__init__ = original
+
+
+def test_vec_env_auto_picks_envpool_where_it_can_and_the_run_records_what_ran(tmp_path):
+    import json
+
+    from conftest import run_main
+    from envs import resolve_vec_env
+
+    assert resolve_vec_env("MiniGrid-KeyCorridorS3R1-v0", "auto") == "envpool"
+    assert resolve_vec_env("MiniGrid-MultiRoom-N4-S5-v1", "auto") == "sync"  # an id EnvPool lacks
+    assert resolve_vec_env("CueRecall-D1-v0", "auto") == resolve_vec_env("RandomMaze-v0", "auto") == "sync"
+    assert resolve_vec_env("MiniGrid-KeyCorridorS3R1-v0", "sync") == "sync"  # an explicit choice stands
+    experiments = tmp_path / "experiments"
+    assert run_main("--var", "model=CNN-PPO", "--var", "env=MiniGrid-MemoryS7-v0", "--var", "vec_env=auto",
+                    "--run-id", "a", experiments=experiments) == 0
+    run = experiments / "CNN-PPO" / "MiniGrid-MemoryS7-v0" / "a"
+    assert json.loads((run / "config.json").read_text())["vec_env"] == "envpool"
+    assert json.loads((run / "runtime.json").read_text())["segments"][0]["env_backend"] == "envpool"
+
+
+def test_vec_env_auto_falls_back_to_the_python_envs_without_envpool(monkeypatch):
+    import builtins
+
+    from envs import resolve_vec_env
+
+    real_import = builtins.__import__
+
+    def no_envpool(name, *args, **kwargs):
+        if name == "envpool" or name.startswith("envpool."):
+            raise ImportError("no envpool")
+        return real_import(name, *args, **kwargs)
+
+    from envs.minigrid_envpool import envpool_ids
+
+    envpool_ids.cache_clear()  # its answer is cached per process
+    monkeypatch.setattr(builtins, "__import__", no_envpool)
+    try:
+        assert resolve_vec_env("MiniGrid-KeyCorridorS3R1-v0", "auto") == "sync"
+    finally:
+        envpool_ids.cache_clear()

@@ -109,7 +109,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
     `ckpt_last.pt`) the trainer continues from it. The TensorBoard writer is made last, so a run
     that fails to build or to load leaves no events file behind.
     """
-    from envs import episode_limit, make_env
+    from envs import episode_limit, make_env, resolve_vec_env
     from models import build_agent
     from trainers.ppo import PPOTrainer
     from utils.checkpoint import seed_everything
@@ -117,6 +117,8 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
     seed_everything(cfg["seed"])
     apply_threads(cfg["torch_threads"])
     device = pick_device(cfg["device"])
+    # the run records the backend that ran (auto -> envpool or sync): seeds play out differently on each
+    cfg["vec_env"] = resolve_vec_env(cfg["env"], cfg["vec_env"])
     envs = make_env(cfg["env"], cfg["n_envs"], cfg["vec_env"])
     agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
     agent.to(device)

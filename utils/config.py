@@ -46,8 +46,9 @@ SCHEMA: dict[str, Key] = {
                           "LM holds bfloat16 weights; fp32: the papers' full precision"),
     # environment
     "n_envs": Key(16, int),
-    "vec_env": Key("sync", str, choices=("sync", "async", "envpool"),
-                   help="envpool: MiniGrid stepped by EnvPool's C++ port (the ids it implements), drawn by the tile atlas"),
+    "vec_env": Key("auto", str, choices=("auto", "sync", "async", "envpool"),
+                   help="auto: envpool where EnvPool implements the id and is installed, else sync (config.json records "
+                        "what ran); envpool: MiniGrid stepped by EnvPool's C++ port, drawn by the tile atlas"),
     "norm_reward": Key(True, bool, help="divide rewards by the running std of the return"),
     "clip_reward": Key(1.0, float, help="clip normalised rewards to [-clip_reward, clip_reward]"),
     # PPO
