@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import shutil
 import sys
@@ -133,6 +134,47 @@ def build_trials(args: argparse.Namespace) -> tuple[str, list[dict[str, Any]]]:
     if len(set(run_dirs)) != len(run_dirs):
         raise UserError("two trials would share a run directory (the same config given twice?)")
     return name, trials
+
+
+# -- fitting trials onto a GPU -------------------------------------------------------------------
+
+GPU_OVERHEAD_BYTES = 600 * 2**20  # per trial: CUDA context, the CNN and heads, the optimiser, activations
+
+
+def trial_gpu_bytes(cfg: dict[str, Any]) -> int:
+    """About what one trial holds on its GPU: a frozen LM's weights and key/value buffers, and the rest."""
+    from models.registry import spec_of
+
+    if spec_of(cfg["model"]).kind != "frozen_lm":
+        return GPU_OVERHEAD_BYTES
+    from models.frozen_lm import estimate_memory_bytes
+
+    lm = estimate_memory_bytes(cfg["lm"], cfg["mem_len"], cfg["n_envs"], cfg["precision"])
+    return GPU_OVERHEAD_BYTES + (lm or 0)
+
+
+def check_gpu_plan(cfgs: list[dict[str, Any]], gpus_per_trial: float, gpu_bytes: int | None, address: str | None) -> None:
+    """Refuse, before anything starts, trials that cannot fit: each loads its own copy of its LM, so
+    1 / gpus_per_trial of them share one GPU's memory."""
+    if gpus_per_trial <= 0:
+        return
+    if gpu_bytes is None:
+        if address is None:  # Ray would keep every trial pending for ever
+            raise UserError(f"--gpus-per-trial {gpus_per_trial:g} but this machine has no CUDA GPU; leave it out "
+                            "(CPU trials), or join a cluster with GPUs with --address")
+        return
+    per_gpu = max(1, math.floor(1 / gpus_per_trial + 1e-9))
+    need = max(trial_gpu_bytes(cfg) for cfg in cfgs)
+    if per_gpu * need > gpu_bytes:
+        raise UserError(f"{per_gpu} trials per GPU (--gpus-per-trial {gpus_per_trial:g}) need about {per_gpu} x "
+                        f"{need / 2**30:.1f} GiB (each its own frozen LM and key/value buffers), but the GPU has "
+                        f"{gpu_bytes / 2**30:.0f} GiB: raise --gpus-per-trial, or lower n_envs or mem_len")
+
+
+def local_gpu_bytes() -> int | None:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
 
 
 # -- one trial (runs in a Ray worker) ----------------------------------------------------------
@@ -261,6 +303,8 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
 
         for trial in trials:  # a sweep started by an older version: keys added since take their defaults
             trial["cfg"] = upgrade_config(trial["cfg"], f"sweep {name}, trial {trial['run_dir']}")
+        check_gpu_plan([t["cfg"] for t in trials], args.gpus_per_trial,
+                       None if args.address else local_gpu_bytes(), args.address)
     else:
         name, trials = build_trials(args)
         state_dir = experiments / "sweeps" / name
@@ -269,6 +313,8 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
         taken = [t["run_dir"] for t in trials if Path(t["run_dir"]).exists()]
         if taken:
             raise UserError(f"run directory {taken[0]} already exists; pick another --name")
+        check_gpu_plan([t["cfg"] for t in trials], args.gpus_per_trial,
+                       None if args.address else local_gpu_bytes(), args.address)
         made_state_dir = not state_dir.exists()
         save_state(state_dir, name, trials, argv)
         created = state_dir if made_state_dir else state_dir / STATE_FILE

@@ -14,8 +14,14 @@ replaced by a random-weight model of the same size; speed does not depend on the
   ViT-B/16 forward of 16 frames, in fp32, with TF32 matmuls, and under bf16 autocast: ms per call
   and the largest deviation from fp32 relative to the output's scale.
 
+* scale (``--scale``): CNN-PPO and HELM (Pythia-410m-sized, mem 511) at 16, 64 and 256 envs,
+  HELM in fp32 and ``precision=bf16``: where a bigger batch and bf16 pay.
+* concurrent (``--concurrent``): 1, 2, 4 and 8 HELM trials of 16 envs at once on the one GPU
+  (separate processes, as ``sweep.py --gpus-per-trial 0.125`` runs them): the aggregate steps/s.
+
     python bench/gpu_check.py --out bench/results/gpu_check.json
-    python bench/gpu_check.py --smoke          # seconds, any machine: tiny models on the CPU, writes nothing
+    python bench/gpu_check.py --scale --concurrent --out bench/results/gpu_scale.json   # under 8 minutes
+    python bench/gpu_check.py --smoke [--scale --concurrent]   # seconds, any machine: tiny models, CPU
 
 ``--smoke`` runs every row and the precision check with tiny models (a 2-layer GPT-NeoX, the tests'
 tiny Transformer-XL and CLIP), 2 envs x 8 steps and one timed update, on the CPU; it exits 1 if any
@@ -207,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")
+    parser.add_argument("--scale", action="store_true", help="only the n_envs x precision table")
+    parser.add_argument("--concurrent", action="store_true", help="only the concurrent-trials table")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # one trial of --concurrent: its settings as JSON
     args = parser.parse_args(argv)
+    if args.worker:
+        return concurrent_worker(args)
     global DEVICE, TINY
     if args.smoke:
         DEVICE, TINY = "cpu", True
@@ -218,7 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = {"device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)", "torch": torch.__version__, "train": [], "errors": []}
     with tempfile.TemporaryDirectory(prefix="helm-gpu-") as tmp:
-        run_all(args, result, Path(tmp))
+        if args.scale or args.concurrent:
+            lm_dir = save_pythia_410m_sized(Path(tmp) / "pythia410m")
+            if args.scale:
+                run_scale(args, result, lm_dir)
+            if args.concurrent:
+                run_concurrent(args, result, lm_dir)
+        else:
+            run_all(args, result, Path(tmp))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))
@@ -257,6 +275,61 @@ def run_all(args, result: dict, tmp: Path) -> None:
         print(result["errors"][-1], flush=True)
 
 
+SCALE_ENVS = (16, 64, 256)
+CONCURRENT = (1, 2, 4, 8)
+
+
+def run_scale(args, result: dict, lm_dir: str) -> None:
+    """CNN-PPO and HELM at 16/64/256 envs, HELM in fp32 and bf16 (n_batches 8: minibatches grow with n_envs)."""
+    helm = {"lm": lm_dir, "lm_mode": "causal", "mem_len": 511, "beta": 100.0}
+    envs = (2, 4) if TINY else SCALE_ENVS
+    rows = [("CNN-PPO", {"n_envs": n}) for n in envs]
+    rows += [("HELM", {**helm, "n_envs": n, "precision": p}) for n in envs for p in ("fp32", "bf16")]
+    for model, overrides in rows:
+        try:
+            row = train_speed(model, overrides, args.updates, rollout=8 if TINY else 128)
+            result["train"].append(row)
+            print(json.dumps(row), flush=True)
+        except Exception as err:
+            result["errors"].append(f"{model} {overrides}: {traceback.format_exc(limit=4)}")
+            print(f"FAILED {model}: {err!r}", flush=True)
+
+
+def run_concurrent(args, result: dict, lm_dir: str) -> None:
+    """N HELM trials of 16 envs at once, each its own process on the same GPU: aggregate steps/s."""
+    import subprocess
+
+    result["concurrent"] = []
+    overrides = {"lm": lm_dir, "lm_mode": "causal", "mem_len": 511, "beta": 100.0}
+    for n in ((1, 2) if TINY else CONCURRENT):
+        worker = json.dumps({"overrides": overrides, "updates": args.updates, "smoke": TINY})
+        cmd = [sys.executable, __file__, "--worker", worker]
+        tick = time.perf_counter()
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        outs = [p.communicate()[0] for p in procs]
+        wall = time.perf_counter() - tick
+        rows = [json.loads(out.strip().splitlines()[-1]) for out, p in zip(outs, procs) if p.returncode == 0 and out.strip()]
+        if len(rows) < n:
+            result["errors"].append(f"concurrent {n}: {n - len(rows)} of the trials failed")
+            continue
+        row = {"trials": n, "aggregate_steps_per_s": sum(r["mean_train_steps_per_s"] for r in rows),
+               "per_trial_steps_per_s": [r["mean_train_steps_per_s"] for r in rows],
+               "peak_gpu_mib_per_trial": max((r["peak_gpu_mib"] or 0) for r in rows), "wall_s": wall}
+        result["concurrent"].append(row)
+        print(json.dumps(row), flush=True)
+
+
+def concurrent_worker(args) -> int:
+    """One trial of --concurrent (a separate process): its timed updates, as one JSON line."""
+    global DEVICE, TINY
+    spec = json.loads(args.worker)
+    TINY = spec["smoke"]
+    DEVICE = "cpu" if TINY else "cuda"
+    row = train_speed("HELM", spec["overrides"], spec["updates"], rollout=8 if TINY else 128)
+    print(json.dumps(row), flush=True)
+    return 0
+
+
 def summary(result: dict) -> str:
     """The rows as a table, then the precision check's timings, then how many rows failed."""
     lines = [f"device: {result['device']}", "",
@@ -271,6 +344,9 @@ def summary(result: dict) -> str:
     for mode, numbers in result.get("precision", {}).items():
         lines.append(f"precision {mode}: LM step {numbers['lm_step_ms']:.2f} ms (max rel. dev. {numbers['lm_max_rel_dev']:.1e}), "
                      f"CLIP x16 {numbers['clip16_ms']:.1f} ms (max rel. dev. {numbers['clip_max_rel_dev']:.1e})")
+    for row in result.get("concurrent", []):
+        lines.append(f"concurrent HELM trials: {row['trials']}: aggregate {row['aggregate_steps_per_s']:.0f} steps/s, "
+                     f"peak {row['peak_gpu_mib_per_trial']:.0f} MiB per trial")
     lines.append(f"{len(result['errors'])} failed")
     return "\n".join(lines)
 

@@ -80,3 +80,36 @@ def load_lm_tokenizer(lm: str):
     from utils.hub import expect_text_model
 
     return load_tokenizer(resolve_lm_path(lm), "LM", expect=expect_text_model)
+
+
+def estimate_memory_bytes(lm: str, mem_len: int, n_envs: int, precision: str = "fp32") -> int | None:
+    """What a frozen LM memory holds on its device: the LM's weights plus every env's keys and
+    values (each layer, the window and its slack). None when the LM's config cannot be read offline.
+
+    Built on the meta device from the config alone: no weights are loaded or downloaded.
+    """
+    bytes_per = 2 if precision == "bf16" else 4
+    slots = mem_len + max(1, mem_len // 4)
+    try:
+        if is_transfo_xl(lm):
+            from models.transfo_xl import TrXLConfig, _locate
+
+            with open(_locate(lm)[0], encoding="utf-8") as f:
+                config = TrXLConfig.from_dict(json.load(f))
+            params = config.n_token * config.d_embed + config.n_layer * 12 * config.d_model**2  # rough, embeddings dominate
+            kv = config.n_layer * 2 * config.n_head * config.d_head
+        else:
+            from transformers import AutoConfig, AutoModel
+
+            from models.lm_memory import resolve_lm_path
+
+            config = AutoConfig.from_pretrained(resolve_lm_path(lm), local_files_only=True)
+            with torch.device("meta"):
+                params = sum(p.numel() for p in AutoModel.from_config(config).parameters())
+            heads = getattr(config, "num_attention_heads", 1)
+            kv_heads = getattr(config, "num_key_value_heads", None) or heads
+            kv = config.num_hidden_layers * 2 * kv_heads * (config.hidden_size // heads)
+    except Exception:  # an uncached hub id, an odd config: no estimate
+        return None
+    return (params + n_envs * kv * slots) * bytes_per
+

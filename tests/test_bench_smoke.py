@@ -47,6 +47,8 @@ EXPECTED = {
     "threads": ["smoke: {'threads': '1'", "smoke: {'threads': 'per-core'", "smoke: {'threads': 'auto'"],
     "gpu_check": ["| HELMv2 | lm=pythia410m", "| SHELM | lm=pythia410m", "precision bf16-autocast: LM step",
                   "0 failed"],
+    "gpu_check --scale --concurrent": ["| HELM | lm=pythia410m, lm_mode=causal, mem_len=511, beta=100.0, n_envs=4, "
+                                       "precision=bf16 |", "concurrent HELM trials: 2: aggregate", "0 failed"],
     "clip_cache": ["| uniform-random | [0k, 0.064k] |", "| shortest-path |", "| HELMv2 | on |", "| SHELM | off |"],
     "throughput": ["| env only | make_env sync", "| ours (PPOTrainer) | CNN-PPO |", "| ours (PPOTrainer) | Impala-PPO |",
                    "| ours (PPOTrainer) | GRU-PPO |", "| ours (PPOTrainer) | TrXL-PPO",
@@ -68,7 +70,8 @@ SLOW = {"learning", "eval_speed", "threads"}  # each starts 2-3 more Python proc
 
 def run_smoke(script: str) -> subprocess.CompletedProcess:
     """``python bench/SCRIPT.py --smoke`` in its own process group, so a timeout ends its children too."""
-    cmd = [sys.executable, str(ROOT / "bench" / f"{script}.py"), "--smoke"]
+    name, *options = script.split()  # "gpu_check --scale --concurrent": a script and its options
+    cmd = [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--smoke", *options]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:

@@ -170,3 +170,31 @@ def test_the_trained_memories_sweep_and_report_like_every_model(tmp_path):
     assert report.main([str(tmp_path / "exp"), "--out", str(tmp_path / "report"), "--reps", "50"]) == 0
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert list(data["envs"]["CueRecall-D1-v0"]["models"]) == ["LSTM-PPO", "GRU-PPO", "TrXL-PPO"]
+
+
+def test_a_gpu_plan_that_cannot_fit_is_refused_before_anything_starts(tmp_path, capsys):
+    from utils.config import defaults
+
+    helm = defaults() | TINY | {"model": "HELM", "lm": "minilm", "mem_len": 511, "n_envs": 256}
+    per_trial = sweep.trial_gpu_bytes(helm)
+    assert per_trial > sweep.GPU_OVERHEAD_BYTES  # MiniLM's weights and 256 envs' keys and values
+    sweep.check_gpu_plan([helm], 0.125, gpu_bytes=8 * per_trial + 1, address=None)  # 8 fit
+    with pytest.raises(sweep.UserError, match=r"8 trials per GPU \(--gpus-per-trial 0.125\) need about 8 x"):
+        sweep.check_gpu_plan([helm], 0.125, gpu_bytes=8 * per_trial - 1, address=None)
+    sweep.check_gpu_plan([helm], 0.5, gpu_bytes=8 * per_trial - 1, address=None)  # 2 fit
+    with pytest.raises(sweep.UserError, match="this machine has no CUDA GPU"):
+        sweep.check_gpu_plan([helm], 0.125, gpu_bytes=None, address=None)
+    sweep.check_gpu_plan([helm], 0.125, gpu_bytes=None, address="10.0.0.1:6379")  # a cluster's nodes: not ours to know
+    sweep.check_gpu_plan([helm], 0.0, gpu_bytes=None, address=None)  # CPU trials
+
+
+def test_gpus_per_trial_without_a_gpu_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cnn = write_config(tmp_path / "cnn.json", model="CNN-PPO")
+    assert sweep.main(["--config", cnn, "--seeds", "1", "--name", "g", "--gpus-per-trial", "0.125",
+                       "--experiments-dir", str(tmp_path / "exp")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "no CUDA GPU" in line and not (tmp_path / "exp").exists()
