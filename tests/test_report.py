@@ -126,12 +126,13 @@ def test_no_runs_is_a_user_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_mixed_budgets_in_one_env_is_a_user_error(tmp_path, capsys):
+def test_mixed_budgets_in_one_env_are_reported_per_budget(tmp_path, capsys):
     write_run(tmp_path / "HELM" / ENV / "a", "HELM", 1, 0.5, 0.5)
     write_run(tmp_path / "CNN-PPO" / ENV / "b", "CNN-PPO", 1, 0.5, 0.5, last_step=500, budget=500)
-    assert report.main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "n_steps=500" in err and "n_steps=1,000" in err
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "out"), *REPS]) == 0
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert sorted(data["envs"]) == [f"{ENV} (1,000 steps)", f"{ENV} (500 steps)"]
+    assert list(data["envs"][f"{ENV} (500 steps)"]["models"]) == ["CNN-PPO"]
 
 
 def test_unwritable_out_is_a_user_error(fake_runs, tmp_path, capsys):
@@ -195,3 +196,17 @@ def test_report_usage_errors_are_one_line(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--out" in err
+
+
+def test_default_levels_are_distinct_and_readable():
+    class R:
+        def __init__(self, value):
+            self.value = value
+
+        def final(self, metric):
+            return self.value
+
+    assert report.default_levels({"a": [R(0.02)]}) == [0.01, 0.016, 0.018]  # not 0.01 | 0.02 | 0.02
+    assert report.default_levels({"a": [R(0.001)]}) == [0.0005, 0.0008, 0.0009]  # not 0 | 0 | 0
+    assert report.default_levels({"a": [R(0.944)], "b": [R(0.5)]}) == [0.47, 0.76, 0.85]
+    assert report.default_levels({"a": [R(-1.0)]}) == []
