@@ -34,8 +34,9 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 
 setup: $(STAMP)
 
-# System libraries of the Procgen (Qt 5) and headless MiniWorld (EGL, Mesa) families; needs root.
-SYSTEM_PACKAGES := libqt5gui5 libegl1 libegl-mesa0 libgl1-mesa-dri
+# System libraries of the Procgen (Qt 5) and headless MiniWorld (EGL, Mesa) families, and the
+# headless Chromium that tests eval.py's HTML page; needs root.
+SYSTEM_PACKAGES := libqt5gui5 libegl1 libegl-mesa0 libgl1-mesa-dri chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 system-deps:

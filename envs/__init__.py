@@ -113,6 +113,29 @@ def episode_limit(envs: gym.vector.VectorEnv) -> int | None:
     return None
 
 
+def action_names(env_id: str, envs: gym.vector.VectorEnv) -> list[str]:
+    """What each action index means, for people reading an evaluation ("forward", not 2)."""
+    n = int(envs.single_action_space.n)
+    family = family_of(env_id)
+    names: list[str] | None = None
+    if family == "MiniGrid":
+        from minigrid.core.actions import Actions
+
+        names = [a.name for a in Actions]
+    elif family == "CueRecall":
+        names = ["answer red", "answer blue"]
+    elif family == "RandomMaze":
+        names = ["up", "down", "left", "right"]  # envs.random_maze.MOVES as (row, column) steps
+    elif family == "MiniWorld":
+        inner = getattr(envs, "unwrapped", envs)
+        sub = (getattr(inner, "envs", None) or [None])[0]
+        actions = getattr(getattr(sub, "unwrapped", None), "actions", None)
+        names = [a.name.replace("_", " ") for a in actions] if actions is not None else None
+    if names is None or len(names) < n:
+        return [f"action {i}" for i in range(n)]
+    return names[:n]
+
+
 def check_registered(env_id: str, family: str) -> None:
     """A one-line error for an id gymnasium does not know, with the closest ids of its family."""
     if env_id in gym.registry:

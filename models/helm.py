@@ -126,6 +126,7 @@ class LMMemoryAgent(MemoryAgent):
         # What the last act() fed per env, and env 0's recent steps as (episode_start, item). Items
         # are cheap to keep; turning them into words happens only when someone asks.
         self._last_items: torch.Tensor | None = None
+        self._last_scores: torch.Tensor | None = None  # SHELM: each retrieved word's cosine similarity
         self._recent: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=TEXT_STEPS)
 
     @property
@@ -148,6 +149,7 @@ class LMMemoryAgent(MemoryAgent):
     def record(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor], episode_start: torch.Tensor) -> None:
         items = self.encoder.trace_items(inputs, extra).detach()
         self._last_items = items
+        self._last_scores = extra.get("memory_scores")
         start = torch.as_tensor(episode_start).reshape(-1)[:1].clone()
         self._recent.append((start, items[0].clone()))
 
@@ -155,7 +157,11 @@ class LMMemoryAgent(MemoryAgent):
         """One dict per env for the last `act` (eval.py's trace): {"words": tokens fed to the memory}."""
         if self._last_items is None:
             return [{} for _ in range(len(out.actions))]
-        return [{"words": words} for words in self.encoder.words(self._last_items)]
+        rows = [{"words": words} for words in self.encoder.words(self._last_items)]
+        if self._last_scores is not None:
+            for row, scores in zip(rows, self._last_scores.tolist()):
+                row["scores"] = [round(score, 4) for score in scores]
+        return rows
 
     def step_text(self) -> dict[str, str]:
         """Env 0's recent memory tokens for TensorBoard text: steps joined by " / ", "||" starts an episode."""

@@ -56,9 +56,9 @@ class WordRetrievalEncoder(FrozenEncoder):
         return retrieve_topk(self.image_encoder(obs), self.db_embeddings, self.topk, db_normalized=True)[1]
 
     def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        idx = self.retrieve(obs)
+        scores, idx = retrieve_topk(self.image_encoder(obs), self.db_embeddings, self.topk, db_normalized=True)
         embeds = self.vocabulary.embeddings()[self.db_lm_ids[idx]]  # [B, k, d_embed]
-        return embeds, {"memory_tokens": idx}
+        return embeds, {"memory_tokens": idx, "memory_scores": scores}
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.encode(obs)[0]

@@ -130,7 +130,7 @@ def test_eval_names_a_config_key_the_checkpoint_lacks(files, capsys, monkeypatch
 
 
 def test_eval_leaves_nothing_when_writing_fails(files, capsys, monkeypatch):
-    def broken_video(episodes, path, **kwargs):
+    def broken_video(episodes, path, *args, **kwargs):
         path.write_bytes(b"half a gif")
         raise OSError(28, "No space left on device")
 

@@ -141,7 +141,9 @@ def test_words_in_traces_and_tensorboard_text(tiny):
         _, state = agent.act(cues[[2, 2]], state, torch.tensor([False, False]))
         agent.act(cues[[0, 0]], state, torch.tensor([True, False]))
     expected = [[tiny["words"][i] for i in row] for row in out.features["memory_tokens"].tolist()]
-    assert described == [{"words": w} for w in expected]
+    scores = [[round(s, 4) for s in row] for row in out.features["memory_scores"].tolist()]  # cosine, best first
+    assert described == [{"words": w, "scores": s} for w, s in zip(expected, scores)]
+    assert all(row == sorted(row, reverse=True) for row in scores)
     text = agent.step_text()["memory/words"]
     assert text.startswith(" ".join(expected[0])) and text.count("||") == 1
     log = agent.step_log()
