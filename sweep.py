@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +219,10 @@ def run_trial(config: dict[str, Any]) -> None:
                      "ep_rew_mean": logs.get("rollout/ep_rew_mean", float("nan")),
                      "success_rate": logs.get("rollout/success_rate", float("nan"))})
 
-    train(checkpoint["config"] if checkpoint else cfg, run_dir, checkpoint, on_update=report, last_ckpt_every_s=0.0)
+    try:
+        train(checkpoint["config"] if checkpoint else cfg, run_dir, checkpoint, on_update=report, last_ckpt_every_s=0.0)
+    except UserError as err:  # a user's mistake (a missing LM, a bad file): its one line, not Ray's traceback
+        tune.report({"user_error": str(err)})
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -226,8 +230,69 @@ def run_trial(config: dict[str, Any]) -> None:
 
 def trial_name(trial) -> str:
     """<model>-<run id>: unique within a sweep (run ids repeat across models)."""
-    run_dir = Path(trial.config["trial"]["run_dir"])
+    return trial_name_of(trial.config["trial"])
+
+
+def trial_name_of(trial: dict[str, Any]) -> str:
+    run_dir = Path(trial["run_dir"])
     return f"{run_dir.parent.parent.name}-{run_dir.name}"
+
+
+STATUS_EVERY_S = 60.0
+
+
+def StatusTable(names: list[str]):  # noqa: N802 (a class built on first use: Ray is imported lazily)
+    """A Tune callback: one compact table of every trial (full names) at most once a minute and at
+    the end, and one line when a trial ends."""
+    import time
+
+    from ray.tune import Callback
+
+    class _StatusTable(Callback):
+        def __init__(self) -> None:
+            self.rows = {name: {"status": "pending", "step": 0, "steps_per_s": None, "ep_rew_mean": None} for name in names}
+            self.last = time.monotonic()
+
+        def row(self, trial) -> dict[str, Any]:
+            return self.rows.setdefault(trial_name(trial), {"status": "pending", "step": 0, "steps_per_s": None,
+                                                            "ep_rew_mean": None})
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.row(trial)["status"] = "running"
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            row = self.row(trial)
+            if result.get("user_error"):
+                row["status"] = "failed"
+                return
+            row.update({k: result.get(k) for k in ("step", "steps_per_s", "ep_rew_mean")},
+                       status="finished before" if result.get("done_before") else "running")
+            if time.monotonic() - self.last >= STATUS_EVERY_S:
+                self.print()
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            row = self.row(trial)
+            row["status"] = "done" if row["status"] == "running" else row["status"]
+            print(f"trial {trial_name(trial)} {row['status']} at {row['step']:,} env steps", file=sys.stderr, flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.row(trial)["status"] = "failed"
+            print(f"trial {trial_name(trial)} failed (the reason follows at the end)", file=sys.stderr, flush=True)
+
+        def on_experiment_end(self, trials, **info):
+            self.print()
+
+        def print(self) -> None:
+            self.last = time.monotonic()
+            width = max(len(name) for name in self.rows)
+            fmt = lambda v, spec: "-" if v is None or v != v else format(v, spec)  # noqa: E731
+            lines = [f"{'trial':<{width}}  {'status':<15} {'env steps':>10} {'steps/s':>8} {'return':>7}"]
+            for name, row in self.rows.items():
+                lines.append(f"{name:<{width}}  {row['status']:<15} {row['step']:>10,} {fmt(row['steps_per_s'], '.0f'):>8} "
+                             f"{fmt(row['ep_rew_mean'], '.3f'):>7}")
+            print("\n".join(lines), file=sys.stderr, flush=True)
+
+    return _StatusTable()
 
 
 def save_state(state_dir: Path, name: str, trials: list[dict[str, Any]], argv: list[str]) -> None:
@@ -268,13 +333,19 @@ def start_ray(address: str | None):
         raise UserError("sweep.py needs Ray Tune: pip install -e '.[sweep]'") from None
     # Trials keep the sweep's working directory (relative paths such as data/ stay valid).
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    # Tune's legacy output engine prints nothing at verbose=0: no boxes, no Tuner.restore() or
+    # `tensorboard --logdir /tmp/ray/...` hints that would contradict ours (StatusTable says it all)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import logging
+
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if address and address != "auto":
         check_reachable(address)
     try:
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
         else:
-            ray.init(include_dashboard=False)
+            ray.init(include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as err:
         reason = str(err).splitlines()[0]
         if "InvalidAuthToken" in str(err.__cause__):  # Ray turns token auth on for a head that finds ~/.ray/auth_token
@@ -339,6 +410,9 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
         raise
     from ray import tune
 
+    # Ray Tune's own files (its experiment state, per-trial logs) are not the runs: they stay out of
+    # experiments/, where TensorBoard would show them as duplicate runs, and go when the sweep ends
+    storage = tempfile.mkdtemp(prefix=f"helm-sweep-{name}-")
     tuner = tune.Tuner(
         tune.with_resources(run_trial, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}),
         param_space={"trial": tune.grid_search([{"cfg": t["cfg"], "run_dir": t["run_dir"]} for t in todo])},
@@ -348,20 +422,22 @@ def run_sweep(args: argparse.Namespace, argv: list[str]) -> tuple[str, dict[str,
         ),
         run_config=tune.RunConfig(
             name="tune",
-            storage_path=str(experiments / "sweeps" / name),
+            storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            progress_reporter=tune.CLIReporter(
-                metric_columns={"step": "env steps", "steps_per_s": "steps/s", "ep_rew_mean": "return"},
-                parameter_columns=[], max_report_frequency=30,
-            ),
-            verbose=1,
+            callbacks=[StatusTable([trial_name_of(t) for t in todo])],
+            verbose=0,  # our one compact table instead of Ray's boxes, configs and hints
         ),
     )
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
     errors = {}
     for result in results:  # trials that never started (Ctrl-C while pending) come back without a config
         if result.config and result.error is not None:
             errors[result.config["trial"]["run_dir"]] = str(result.error).strip().splitlines()[-1]
+        elif result.config and (result.metrics or {}).get("user_error"):
+            errors[result.config["trial"]["run_dir"]] = f"error: {result.metrics['user_error']}"
     for trial in todo:
         run_dir = trial["run_dir"]
         if run_dir in errors:

@@ -55,6 +55,13 @@ def test_two_configs_two_seeds_and_a_failing_trial(tmp_path):
     assert len(failed) == 2 and all("no-such-lm" in line for line in failed)
     state = json.loads((exp / "sweeps" / "t" / "sweep.json").read_text())
     assert len(state["trials"]) == 6
+    # quiet: one compact table with the trials' full names, no traceback above the failed: lines,
+    # none of Ray's hints (Tuner.restore, tensorboard --logdir /tmp/ray/...), no Ray files in exp/
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output and "Tuner.restore" not in output and "/tmp/ray" not in output, output
+    assert "CNN-PPO-t-seed1" in output and len(output.splitlines()) < 80, output
+    assert sorted(p.name for p in (exp / "sweeps" / "t").iterdir()) == ["sweep.json"]
+    assert not list(exp.rglob("*tune*"))
 
     # resuming a sweep whose trials all ended reruns only the failed ones (they fail again)
     again = run_sweep("--name", "t", "--resume", "--experiments-dir", "exp", cwd=tmp_path)
