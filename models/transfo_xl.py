@@ -637,17 +637,20 @@ def _locate_on_hub(lm: str) -> tuple[str, str, str | None]:
     # The local cache first, which never touches the network.
     try:
         return fetch(offline=True)
-    except (OSError, ValueError) as err:
-        cache_error = err
+    except (OSError, ValueError):
+        pass  # not (all) cached
     # Only try a download when the hub answers at all: huggingface_hub otherwise retries for ~30 s.
     if not hub_offline() and hub_reachable():
         try:
             return fetch(offline=False)
         except (OSError, ValueError) as err:
             raise UserError(f"cannot download LM {lm!r}: {first_line(err)}") from None
+    from utils.hub import download_hint
+
+    reason = "the hub is offline (HF_HUB_OFFLINE)" if hub_offline() else "the hub is unreachable"
     raise UserError(
-        f"cannot load LM {lm!r} offline ({first_line(cache_error)}); "
-        f"point `lm` at a local model directory or use the offline default `{OFFLINE_DEFAULT}`"
+        f"LM {lm!r} is not in the local cache and {reason}: {download_hint(lm)}; "
+        f"or use the offline default lm={OFFLINE_DEFAULT}"
     )
 
 

@@ -121,7 +121,7 @@ def test_uncached_hub_id_with_the_hub_unreachable_fails_at_once(what, capfd, mon
     monkeypatch.setattr("utils.hub.hub_offline", lambda: False)
     monkeypatch.setattr("utils.hub.hub_reachable", lambda: False)
     start = time.monotonic()
-    with pytest.raises(UserError, match="not in the local cache and the hub is unreachable; download it"):
+    with pytest.raises(UserError, match="not in the local cache and the hub is unreachable: download it where the hub is reachable, `huggingface-cli download "):
         LOAD[what]("nobody-xyz/not-cached")
     assert time.monotonic() - start < 5
     assert capfd.readouterr() == ("", "")

@@ -70,6 +70,25 @@ def looks_like_path(name: str) -> bool:
     return "/" in name and os.path.isdir(head)
 
 
+# -- what the paper configs download --------------------------------------------------------------
+
+# The hub models the paper configs name, and their download size (the README's offline table).
+DOWNLOAD_SIZES = {
+    "transfo-xl/transfo-xl-wt103": "1.1 GB",  # every paper HELM, HELMv2 and SHELM config
+    "openai/clip-vit-base-patch16": "600 MB",  # SHELM, and the default clip_model
+    "openai/clip-vit-base-patch32": "600 MB",  # HELMv2's configs
+}
+HUB_ALIASES = {"transfo-xl-wt103": "transfo-xl/transfo-xl-wt103"}
+
+
+def download_hint(name: str) -> str:
+    """How to get a hub model onto a machine that cannot download it: the command and its size."""
+    hub_id = HUB_ALIASES.get(name, name)
+    size = f" ({DOWNLOAD_SIZES[hub_id]})" if hub_id in DOWNLOAD_SIZES else ""
+    return (f"download it where the hub is reachable, `huggingface-cli download {hub_id}`{size}, and copy that "
+            "machine's ~/.cache/huggingface here (or save it to a folder and pass the folder)")
+
+
 # -- kinds of model -------------------------------------------------------------------------------
 
 
@@ -142,7 +161,7 @@ def load_pretrained(
             why = "the hub is unreachable"
         else:
             return _load(loader, source, name, what, expect, model, offline=False)
-    raise UserError(f"{what} {name!r} is not in the local cache and {why}; download it on a connected machine or {hint}")
+    raise UserError(f"{what} {name!r} is not in the local cache and {why}: {download_hint(name)}; or {hint}")
 
 
 def _load(loader: Any, source: str, name: str, what: str, expect, model: bool, offline: bool) -> Any:
