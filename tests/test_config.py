@@ -89,3 +89,11 @@ def test_cli_errors_are_one_line_with_exit_code_2(args, fragment, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], proc.stderr
     assert not any(tmp_path.iterdir()), "a failed start must not leave a run directory"
+
+
+def test_the_configuration_reference_is_generated_from_the_schema():
+    from conftest import ROOT
+
+    assert (ROOT / "docs" / "configuration.md").read_text() == config.reference_markdown(), \
+        "docs/configuration.md differs from the schema: python -m utils.config > docs/configuration.md"
+    assert all(key.help for key in config.SCHEMA.values())  # every key says what it means

@@ -45,7 +45,7 @@ SCHEMA: dict[str, Key] = {
                      help="bf16: the CNN runs under bfloat16 autocast (fp32 weights and gradients) and the frozen "
                           "LM holds bfloat16 weights; fp32: the papers' full precision"),
     # environment
-    "n_envs": Key(16, int),
+    "n_envs": Key(16, int, help="parallel envs (all step together)"),
     "vec_env": Key("auto", str, choices=("auto", "sync", "async", "envpool"),
                    help="auto: envpool where EnvPool implements the id and is installed, else sync (config.json records "
                         "what ran); envpool: MiniGrid stepped by EnvPool's C++ port, drawn by the tile atlas"),
@@ -54,28 +54,30 @@ SCHEMA: dict[str, Key] = {
     # PPO
     "n_steps": Key(500_000, int, help="total environment steps over all envs"),
     "n_rollout_steps": Key(128, int, help="steps per env per rollout"),
-    "n_epochs": Key(3, int),
+    "n_epochs": Key(3, int, help="PPO epochs over each rollout"),
     "n_batches": Key(8, int, help="minibatches per epoch"),
-    "learning_rate": Key(1e-4, float),
-    "lr_decay": Key("none", str, choices=DECAYS),
+    "learning_rate": Key(1e-4, float, help="optimizer learning rate (its start, with lr_decay)"),
+    "lr_decay": Key("none", str, choices=DECAYS, help="decay of the learning rate to min_lr at the end of training"),
     "min_lr": Key(1e-6, float, help="final learning rate of a decay"),
-    "ent_coef": Key(0.05, float),
-    "ent_decay": Key("none", str, choices=DECAYS),
-    "min_ent_coef": Key(0.0, float),
-    "clip_range": Key(0.2, float),
-    "clip_decay": Key("none", str, choices=DECAYS),
-    "min_clip_range": Key(0.05, float),
+    "ent_coef": Key(0.05, float, help="entropy bonus weight"),
+    "ent_decay": Key("none", str, choices=DECAYS, help="decay of ent_coef to min_ent_coef"),
+    "min_ent_coef": Key(0.0, float, help="final entropy weight of a decay"),
+    "clip_range": Key(0.2, float, help="PPO's clip range of the probability ratio"),
+    "clip_decay": Key("none", str, choices=DECAYS, help="decay of clip_range to min_clip_range"),
+    "min_clip_range": Key(0.05, float, help="final clip range of a decay"),
     "clip_range_vf": Key(None, float, optional=True, help="null: no value clipping"),
-    "gamma": Key(0.99, float),
-    "gae_lambda": Key(0.99, float),
-    "vf_coef": Key(0.5, float),
-    "max_grad_norm": Key(0.5, float),
+    "gamma": Key(0.99, float, help="discount"),
+    "gae_lambda": Key(0.99, float, help="GAE lambda"),
+    "vf_coef": Key(0.5, float, help="value-loss weight"),
+    "max_grad_norm": Key(0.5, float, help="gradient norm clip"),
     "adv_norm": Key(True, bool, help="normalise advantages per minibatch"),
-    "optimizer": Key("AdamW", str, choices=("Adam", "AdamW")),
+    "optimizer": Key("AdamW", str, choices=("Adam", "AdamW"), help="the papers used AdamW"),
     "epsilon": Key(1e-8, float, help="optimizer epsilon"),
     # language-model memory (HELM family)
     "lm": Key("minilm", str, help="hub id or local dir; 'minilm' = offline pretrained MiniLM"),
-    "lm_mode": Key("auto", str, choices=("auto", "causal", "bidirectional")),
+    "lm_mode": Key("auto", str, choices=("auto", "causal", "bidirectional"),
+                    help="causal: one token per step through a key/value cache; bidirectional: re-encode the window each "
+                         "step (BERT-style); auto: bidirectional for encoder-only models, else causal"),
     "lm_layers": Key(None, int, optional=True, help="keep only the first N LM layers"),
     "mem_len": Key(511, int, help="tokens the LM memory keeps per env"),
     "mem_reset": Key("auto", str, choices=("auto", "mask", "zero"),
@@ -313,3 +315,33 @@ def warn_unused(cfg: dict[str, Any], explicit: set[str] | dict[str, Any], where:
     if unused:
         settings = ", ".join(f"{name}={cfg[name]!r}" for name in unused)
         print(f"warning: {cfg['model']} does not use {settings}{where}; ignored", file=sys.stderr)
+
+
+def reference_markdown() -> str:
+    """docs/configuration.md: every key with its type, default, allowed values and meaning (a test
+    keeps the file equal to this, so the two cannot drift apart)."""
+    from models.registry import MODELS
+
+    ranges = {name: _interval(low, high, low_in, high_in) for name, low, high, low_in, high_in in RANGES}
+    users: dict[str, list[str]] = {}
+    for spec in MODELS.values():
+        for key in spec.keys:
+            users.setdefault(key, []).append(spec.name)
+    lines = ["# Configuration keys", "",
+             "Every key of a config (`config.json`, `--config FILE`, `--var KEY=VALUE`). Generated from the schema in "
+             "`utils/config.py` by `python -m utils.config > docs/configuration.md`; a test keeps the two equal. A key "
+             "only some models read is reported (one line) when set for another model.", "",
+             "| key | type | default | allowed | read by | meaning |", "|---|---|---|---|---|---|"]
+    for name, key in SCHEMA.items():
+        kind = key.type.__name__ + (" or null" if key.optional else "")
+        allowed = ", ".join(f"`{c}`" for c in key.choices) if key.choices else ranges.get(name, "")
+        models = ", ".join(users[name]) if name in users else "all"
+        default = "null" if key.default is None else json.dumps(key.default)
+        lines.append(f"| `{name}` | {kind} | `{default}` | {allowed} | {models} | {key.help.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    print(reference_markdown(), end="")
+
