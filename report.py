@@ -787,12 +787,13 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
     prepare_out_dir(out_dir)
     runs = [r for by_model in groups.values() for model_runs in by_model.values() for r in model_runs]
     report: dict[str, Any] = {
-        "paths": [str(p) for p in paths],
+        # paths relative to the report: report.json holds no machine's folders
+        "paths": [os.path.relpath(p, out_dir) for p in paths],
         "metric_steps": metric_steps,
         "reps": reps,
         "seed": SEED,
         "confidence": CONFIDENCE,
-        "runs": [{"path": str(r.path), "env": r.env, "model": r.model, "seed": r.seed, "n_steps": r.budget,
+        "runs": [{"path": os.path.relpath(r.path, out_dir), "env": r.env, "model": r.model, "seed": r.seed, "n_steps": r.budget,
                   "last_step": r.last_step, "ran_on": r.where, "final": {m: r.final(m) for m in METRICS}}
                  for r in runs],
         "envs": {},
@@ -800,6 +801,8 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
     for env, by_model in groups.items():
         by_model = dict(sorted(by_model.items(), key=lambda item: model_rank(item[0])))
         summary = summarise_env(env, by_model, reps, levels)
+        for stats in summary["models"].values():
+            stats["stopped_early"] = [os.path.relpath(path, out_dir) for path in stats["stopped_early"]]
         summary["chance_success"] = chance_success(env, chance)
         for metric in METRICS:
             if any(metric in r.scalars for model_runs in by_model.values() for r in model_runs):

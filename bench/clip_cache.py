@@ -685,7 +685,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
-        "load_start": load_avg(), "n_envs": args.envs, "env": ENV_ID, "args": vars(args),
+        "load_start": load_avg(), "n_envs": args.envs, "env": ENV_ID,
+        # paths relative to the project, so the results hold no machine's folders
+        "args": {k: os.path.relpath(v, ROOT) if k == "out" and v else v for k, v in vars(args).items()},
         "git_commit": git_commit(),
     }
     if args.only in (None, "cache"):

@@ -141,7 +141,9 @@ def train_speed(model: str, overrides: dict, updates: int, rollout: int = 128) -
     envs.close()
     best = min(units, key=lambda u: u["seconds"])
     return {
-        "model": model, "overrides": {k: v for k, v in overrides.items() if k not in ("semantic_db",)},
+        # model folders by name only: the results hold no machine's paths
+        "model": model, "overrides": {k: Path(v).name if isinstance(v, str) and "/" in v else v
+                                      for k, v in overrides.items() if k not in ("semantic_db",)},
         "train_steps_per_s": best["steps"] / best["seconds"],
         "mean_train_steps_per_s": sum(u["steps"] for u in units) / sum(u["seconds"] for u in units),
         "split_pct": {k[:-2]: 100 * best[k] / best["seconds"] for k in ("env_s", "act_s", "update_s")},
