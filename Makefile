@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 # Optional extras installed by `make setup`/`make test`: the environment families' dependencies,
 # Ray Tune for sweep.py and rliable for report.py.
 # (Procgen also needs Qt 5 and MiniWorld EGL from the system: `make system-deps` on Debian/Ubuntu.)
-EXTRAS ?= dev,procgen,miniworld,sweep,report
+EXTRAS ?= dev,procgen,miniworld,popgym,sweep,report
 
 .PHONY: setup system-deps train test bench clean
 

@@ -341,6 +341,10 @@ def evaluate(args: argparse.Namespace) -> int:
             raise UserError(f"--full-view draws MiniGrid's whole grid; {cfg['env']} is not a MiniGrid env")
         vec_env = "sync"  # the Python envs: their state is the grid (EnvPool's is not reachable)
     envs = make_env(cfg["env"], n_envs, vec_env)
+    if len(envs.single_observation_space.shape) == 1 and (args.video or args.html):
+        envs.close()
+        raise UserError(f"{cfg['env']} gives vector observations, not frames: --video and --html show frames "
+                        "(the trace and summary.json hold every step)")
     try:
         agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
         try:

@@ -16,7 +16,8 @@ steps of one episode are correlated) then decode:
 * **generic recall** (any env): attributes of the frame k steps ago, k = 1 ... 64 (12 values about
   a factor sqrt(2) apart). On MiniGrid
   the attributes are which object types and colours were in view (from the symbolic view); on
-  other families which of 8 coarse colours covered part of the frame.
+  vector observations (POPGym) which entries were above 0.5 (the one-hot parts: which card, which
+  previous action); on other families which of 8 coarse colours covered part of the frame.
 
 The episodes are split with each cue class alike, and the features are reduced to their top 64
 principal components before the probe, for every representation alike (so a wider one is not a
@@ -122,9 +123,16 @@ def colour_attributes(frame: np.ndarray) -> np.ndarray:
     return share >= 0.01
 
 
-def attribute_names(env_id: str) -> list[str]:
+def vector_attributes(obs: np.ndarray) -> np.ndarray:
+    """A vector observation's entries above 0.5: POPGym's one-hot parts (which card, which previous action)."""
+    return np.asarray(obs) > 0.5
+
+
+def attribute_names(env_id: str, obs_shape: tuple[int, ...]) -> list[str]:
     if env_id.startswith("MiniGrid-"):
         return [f"type:{t}" for t in MINIGRID_TYPES] + [f"colour:{c}" for c in MINIGRID_COLOURS]
+    if len(obs_shape) == 1:
+        return [f"obs[{i}] > 0.5" for i in range(obs_shape[0])]
     return [f"colour:{c}" for c in COARSE_COLOURS]
 
 
@@ -170,6 +178,8 @@ def record(agent, envs, env_id: str, n_episodes: int, policy: str, seed: int, de
             ep.frame.append(frame[i])
             if env_id.startswith("MiniGrid-"):
                 ep.attributes.append(minigrid_attributes(subenvs[i]))
+            elif obs[i].ndim == 1:
+                ep.attributes.append(vector_attributes(obs[i]))
             else:
                 ep.attributes.append(colour_attributes(obs[i]))
             if kind == "minigrid-memory":
@@ -453,7 +463,7 @@ def probe(args) -> dict[str, Any]:
         "mean_return": float(np.mean([e.ret for e in episodes])),
         "train_episodes": len(train), "test_episodes": len(test),
         "memory_dim": int(episodes[0].memory[0].shape[0]), "frame_dim": int(episodes[0].frame[0].shape[0]),
-        "attributes": attribute_names(cfg["env"]), "seed": args.seed,
+        "attributes": attribute_names(cfg["env"], envs.single_observation_space.shape), "seed": args.seed,
     }
     if kind is not None and args.probe in ("all", "cue"):
         result["cue"] = cue_probe(episodes, train, test)

@@ -286,6 +286,13 @@ def chance_success(env: str, override: float | None = None) -> float | None:
     return next((p for prefix, p in CHANCE_SUCCESS.items() if env.startswith(prefix)), None)
 
 
+def max_mean_return(run: Run) -> float | None:
+    """POPGym's MMER: the best mean return of the run's learning curve (a mean over its last 100
+    episodes at every logged step). POPGym's returns lie in [-1, 1], so it compares across tasks."""
+    curve = run.scalars.get(RETURN)
+    return float(np.max(curve[1])) if curve is not None and len(curve[1]) else None
+
+
 def settings_used(runs: list[Run]) -> dict[str, Any]:
     """The config values the runs shared (a list where they differ), without run identity keys."""
     keys = sorted({k for r in runs for k in r.config} - set(NOT_SETTINGS))
@@ -530,6 +537,9 @@ def summarise_env(env: str, by_model: dict[str, list[Run]], reps: int,
             "final": finals,
             "settings": settings_used(runs),
         }
+        if env.startswith("popgym-"):  # the POPGym paper's measure beside ours
+            mmer = np.array([v for v in (max_mean_return(r) for r in runs) if v is not None]).reshape(-1, 1)
+            models[model]["mmer"] = aggregate(mmer, reps) if len(mmer) else None
     improvement = []
     for model, baseline in comparisons(by_model):
         for metric in METRICS:
@@ -666,9 +676,11 @@ def results_table(report: dict[str, Any], env: str) -> str:
     """
     summary = report["envs"][env]
     eff = summary["efficiency"]
-    levels = " / ".join(f"{level:g}" for level in eff["levels"])
+    levels = " / ".join(f"{level:g}" for level in eff["levels"]) or "(no positive return: no levels)"
+    popgym = env.startswith("popgym-")
     lines = [f"| model | runs | final return, IQM [95% CI] | success, IQM | mean return over training, IQM [95% CI] "
-             f"| env steps to a {levels} return (mean over runs that got there) |", "|---|---|---|---|---|---|"]
+             f"| env steps to a {levels} return (mean over runs that got there) |" + (" MMER, IQM [95% CI] |" if popgym else ""),
+             "|---|---|---|---|---|---|" + ("---|" if popgym else "")]
     for model, stats in summary["models"].items():
         final, success = stats["final"]["rollout/ep_rew_mean"], stats["final"]["rollout/success_rate"]
         auc = eff["models"].get(model)
@@ -678,9 +690,11 @@ def results_table(report: dict[str, Any], env: str) -> str:
             missing = stats["runs"] - len(steps)
             text = f"{np.mean(steps) / 1000:.0f}k" if steps else "never"
             reached.append(text + (f" ({missing} never)" if steps and missing else ""))
+        mmer = stats.get("mmer")
+        extra = (f" {format_interval(mmer['iqm'])} |" if mmer else " – |") if popgym else ""
         lines.append(f"| {model} | {stats['runs']} | {format_interval(final['iqm']) if final else '–'} "
-                     f"| {success['iqm']['point']:.0%} | {format_interval(auc['iqm']) if auc else '–'} | {' / '.join(reached)} |"
-                     if success else f"| {model} | {stats['runs']} | – | – | – | – |")
+                     f"| {success['iqm']['point']:.0%} | {format_interval(auc['iqm']) if auc else '–'} | {' / '.join(reached)} |{extra}"
+                     if success else f"| {model} | {stats['runs']} | – | – | – | – |{extra}")
     rows = {(r["model"], r["baseline"]): r for r in eff["improvement"]}
     final_rows = {(r["model"], r["baseline"]): r for r in summary["improvement"] if r["metric"] == "rollout/ep_rew_mean"}
     if final_rows:

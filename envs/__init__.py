@@ -30,6 +30,7 @@ FAMILIES: dict[str, tuple[Callable[[str], bool], str]] = {
     "RandomMaze": (lambda env_id: env_id.startswith("RandomMaze"), "envs.random_maze"),
     "Psychlab": (lambda env_id: env_id.startswith("Psychlab"), "envs.psychlab"),
     "CueRecall": (lambda env_id: env_id.startswith("CueRecall"), "envs.cue_recall"),
+    "POPGym": (lambda env_id: env_id.startswith("popgym-"), "envs.popgym"),
 }
 
 
@@ -50,6 +51,7 @@ _EXAMPLES = {
     "RandomMaze": "RandomMaze-v0",
     "Psychlab": "Psychlab-ContinuousRecognition-v0",
     "CueRecall": "CueRecall-v0, or CueRecall-D<delay>-v0",
+    "POPGym": "popgym-<Task><Easy|Medium|Hard>-v0, e.g. popgym-RepeatPreviousEasy-v0",
 }
 
 

@@ -19,7 +19,7 @@ from models.frame_cache import FrameCache
 from models.frozen_hopfield import FrozenHopfield
 from models.frozen_lm import load_frozen_memory
 from models.memory import Memory
-from models.networks import SmallImpalaCNN
+from models.networks import SmallImpalaCNN, VectorEncoder, is_vector
 from models.vocabulary import Vocabulary
 from utils.errors import UserError
 
@@ -36,15 +36,19 @@ def hopfield_layout(env_id: str) -> str:
     """
     from envs import family_of
 
-    return "height_mean" if family_of(env_id) == "Psychlab" else "grayscale"
+    family = family_of(env_id)
+    return "height_mean" if family == "Psychlab" else "vector" if family == "POPGym" else "grayscale"
 
 
 def hopfield_input(obs: torch.Tensor, layout: str = "grayscale") -> torch.Tensor:
     """The original preprocessing of uint8 HWC frames: scale to [0, 1], average one axis, flatten.
 
     "grayscale": mean over colour channels, H*W values (MiniGrid 3136, Procgen 4096);
-    "height_mean": mean over image height, W*C values (the original's Psychlab input).
+    "height_mean": mean over image height, W*C values (the original's Psychlab input);
+    "vector": a vector observation (POPGym) as it is: the projection reads the flattened observation.
     """
+    if layout == "vector":
+        return obs.float().flatten(1)
     x = obs.float().div(255.0)
     if layout == "grayscale":
         return x.mean(dim=3).flatten(1)
@@ -53,7 +57,9 @@ def hopfield_input(obs: torch.Tensor, layout: str = "grayscale") -> torch.Tensor
     raise ValueError(f"unknown FrozenHopfield input layout {layout!r}")
 
 
-def hopfield_input_dim(obs_shape: tuple[int, int, int], layout: str) -> int:
+def hopfield_input_dim(obs_shape: tuple[int, ...], layout: str) -> int:
+    if layout == "vector":
+        return int(obs_shape[0])
     height, width, channels = obs_shape
     return height * width if layout == "grayscale" else width * channels
 
@@ -118,9 +124,12 @@ class LMMemoryAgent(MemoryAgent):
     traces (`describe_step`) and TensorBoard (`step_text`).
     """
 
-    def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict, encoder: FrozenEncoder,
+    def __init__(self, obs_shape: tuple[int, ...], n_actions: int, cfg: dict, encoder: FrozenEncoder,
                  memory: Memory) -> None:
-        skip = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024, precision=cfg.get("precision", "fp32"))
+        if is_vector(obs_shape):  # POPGym: the MLP-PPO network beside the memory
+            skip = VectorEncoder(obs_shape[0])
+        else:
+            skip = SmallImpalaCNN(obs_shape, channel_scale=4, hidden=1024, precision=cfg.get("precision", "fp32"))
         super().__init__(encoder, memory, n_actions, skip)
         self.lm_name: str = cfg["lm"]
         # What the last act() fed per env, and env 0's recent steps as (episode_start, item). Items

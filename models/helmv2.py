@@ -32,6 +32,7 @@ from torch import nn
 from models.clip_encoder import CLIPImageEncoder, load_clip
 from models.helm import FrozenEncoder, LMMemoryAgent, frozen_memory
 from models.vocabulary import Vocabulary
+from utils.errors import UserError
 
 STATS_FRAMES = 256  # observations whose CLIP features give the fixed statistics
 STATS_ENVS = 8
@@ -126,6 +127,8 @@ class HELMv2(LMMemoryAgent):
     frozen_prefixes = ("encoder.image_encoder.clip.",)
 
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
+        if len(obs_shape) != 3:
+            raise UserError(f"HELMv2 needs image observations for CLIP; {cfg['env']} gives vectors: use HELM")
         memory, vocabulary = frozen_memory(cfg)
         encoder = CLIPTokenEncoder(vocabulary, cfg["clip_model"], cfg["clip_cache_size"], cfg["env"], int(cfg["seed"] or 0))
         super().__init__(obs_shape, n_actions, cfg, encoder, memory)

@@ -51,6 +51,29 @@ class SmallImpalaCNN(nn.Module):
         return features.float()  # a no-op in fp32
 
 
+class VectorEncoder(nn.Module):
+    """Vector observations (POPGym's one-hot and scalar features) -> features, as POPGym's models
+    read them: Linear, LayerNorm (no affine), Linear, LeakyReLU; orthogonal weights, zero bias."""
+
+    def __init__(self, obs_dim: int, hidden: int = 128):  # POPGym's preprocessed width
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(obs_dim, hidden), nn.LayerNorm(hidden, elementwise_affine=False),
+                                 nn.Linear(hidden, hidden), nn.LeakyReLU())
+        self.out_dim = hidden
+        for module in self.net:
+            if isinstance(module, nn.Linear):
+                nn.init.orthogonal_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.float())
+
+
+def is_vector(obs_shape: tuple[int, ...]) -> bool:
+    """Vector observations (one axis), as opposed to images [H, W, C]."""
+    return len(obs_shape) == 1
+
+
 HEAD_GAIN = math.sqrt(2)  # ReLU's gain, on every Linear of both heads as in the original model.py
 
 

@@ -12,6 +12,8 @@ from torch import nn
 
 from models.memory import Memory, State
 
+HIDDEN = 256  # the papers' Impala-PPO LSTM, and POPGym's memories
+
 
 class _RecurrentMemory(Memory):
     """A one-layer torch RNN (`nn.LSTM` or `nn.GRU`) behind the memory interface."""
@@ -60,7 +62,7 @@ class LSTMMemory(_RecurrentMemory):
 
     @classmethod
     def from_config(cls, in_dim: int, cfg: dict) -> LSTMMemory:
-        return cls(in_dim, in_dim)
+        return cls(in_dim, HIDDEN)
 
 
 class GRUMemory(_RecurrentMemory):
@@ -73,4 +75,4 @@ class GRUMemory(_RecurrentMemory):
 
     @classmethod
     def from_config(cls, in_dim: int, cfg: dict) -> GRUMemory:
-        return cls(in_dim, in_dim)
+        return cls(in_dim, HIDDEN)

@@ -54,6 +54,7 @@ def register(spec: ModelSpec) -> None:
 
 
 register(ModelSpec("CNN-PPO", "none", build="models.baselines:cnn_ppo", legacy_prefixes=(("cnn.", "encoder."),)))
+register(ModelSpec("MLP-PPO", "none", build="models.baselines:mlp_ppo"))
 register(ModelSpec("Impala-PPO", **_LSTM))
 register(ModelSpec("LSTM-PPO", alias_of="Impala-PPO", **_LSTM))
 register(ModelSpec("GRU-PPO", "trained", memory="models.recurrent:GRUMemory"))

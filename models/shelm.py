@@ -78,5 +78,7 @@ class SHELM(LMMemoryAgent):
     frozen_prefixes = ("encoder.image_encoder.clip.",)
 
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
+        if len(obs_shape) != 3:
+            raise UserError(f"SHELM needs image observations for CLIP; {cfg['env']} gives vectors: use HELM")
         memory, vocabulary = frozen_memory(cfg)
         super().__init__(obs_shape, n_actions, cfg, WordRetrievalEncoder(vocabulary, cfg), memory)

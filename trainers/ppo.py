@@ -73,12 +73,13 @@ def explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
 class Rollout:
     """Fixed-size storage for one rollout of ``steps`` x ``n_envs`` transitions."""
 
-    def __init__(self, steps: int, n_envs: int, obs_shape: tuple[int, ...], device: torch.device):
+    def __init__(self, steps: int, n_envs: int, obs_shape: tuple[int, ...], device: torch.device,
+                 obs_dtype: torch.dtype = torch.uint8):
         def zeros(*shape, dtype=torch.float32):
             return torch.zeros(steps, n_envs, *shape, dtype=dtype, device=device)
 
         self.steps, self.n_envs, self.device = steps, n_envs, device
-        self.obs = zeros(*obs_shape, dtype=torch.uint8)
+        self.obs = zeros(*obs_shape, dtype=obs_dtype)  # uint8 frames, or float32 vectors (POPGym)
         self.actions = zeros(dtype=torch.long)
         self.log_probs, self.values, self.rewards = zeros(), zeros(), zeros()
         self.dones = zeros(dtype=torch.bool)
@@ -185,7 +186,8 @@ class PPOTrainer:
             self.optimizer = optim_cls(params, lr=cfg["learning_rate"], eps=cfg["epsilon"])
         self.normalizer = RewardNormalizer(self.n_envs, cfg["gamma"], cfg["clip_reward"], cfg["norm_reward"])
         self.stats = EpisodeStats(self.n_envs)
-        self.rollout = Rollout(cfg["n_rollout_steps"], self.n_envs, self.obs_shape, device)
+        obs_dtype = torch.uint8 if envs.single_observation_space.dtype == np.uint8 else torch.float32
+        self.rollout = Rollout(cfg["n_rollout_steps"], self.n_envs, self.obs_shape, device, obs_dtype)
         self.generator = torch.Generator().manual_seed(cfg["seed"])
         self.step = 0
         self.n_updates = 0
