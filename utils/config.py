@@ -31,7 +31,7 @@ DECAYS = ("none", "linear", "exponential")
 SCHEMA: dict[str, Key] = {
     # experiment
     "env": Key("MiniGrid-KeyCorridorS3R1-v0", str, help="environment id"),
-    "model": Key("HELM", str, help="agent: CNN-PPO, Impala-PPO (= LSTM-PPO), GRU-PPO, TrXL-PPO, HELM, HELMv2, SHELM"),
+    "model": Key("HELM", str, help="agent: CNN-PPO, MLP-PPO, Impala-PPO (= LSTM-PPO), GRU-PPO, TrXL-PPO, HELM, HELMv2, SHELM"),
     "seed": Key(None, int, optional=True, help="null draws a seed and records it"),
     "device": Key("auto", str, choices=("auto", "cpu", "cuda"), help="auto: cuda if available"),
     "torch_threads": Key(None, int, optional=True,
