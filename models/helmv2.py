@@ -123,13 +123,18 @@ class CLIPTokenEncoder(FrozenEncoder):
         return clip_cache_log(self)
 
 
+def clip_agent_memory(model: str, obs_shape: tuple[int, ...], cfg: dict):
+    """The frozen LM memory and vocabulary of a CLIP-fed agent, which needs image observations."""
+    if len(obs_shape) != 3:
+        raise UserError(f"{model} needs image observations for CLIP; {cfg['env']} gives vectors: use HELM")
+    return frozen_memory(cfg)
+
+
 class HELMv2(LMMemoryAgent):
     frozen_prefixes = ("encoder.image_encoder.clip.",)
 
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
-        if len(obs_shape) != 3:
-            raise UserError(f"HELMv2 needs image observations for CLIP; {cfg['env']} gives vectors: use HELM")
-        memory, vocabulary = frozen_memory(cfg)
+        memory, vocabulary = clip_agent_memory("HELMv2", obs_shape, cfg)
         encoder = CLIPTokenEncoder(vocabulary, cfg["clip_model"], cfg["clip_cache_size"], cfg["env"], int(cfg["seed"] or 0))
         super().__init__(obs_shape, n_actions, cfg, encoder, memory)
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from models.clip_encoder import CLIPImageEncoder, load_clip
-from models.helm import FrozenEncoder, LMMemoryAgent, frozen_memory
-from models.helmv2 import clip_cache_log
+from models.helm import FrozenEncoder, LMMemoryAgent
+from models.helmv2 import clip_agent_memory, clip_cache_log
 from models.vocabulary import Vocabulary
 from models.semantic_db import default_db_path, load_database, retrieve_topk
 from utils.errors import UserError
@@ -78,7 +78,5 @@ class SHELM(LMMemoryAgent):
     frozen_prefixes = ("encoder.image_encoder.clip.",)
 
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, cfg: dict):
-        if len(obs_shape) != 3:
-            raise UserError(f"SHELM needs image observations for CLIP; {cfg['env']} gives vectors: use HELM")
-        memory, vocabulary = frozen_memory(cfg)
+        memory, vocabulary = clip_agent_memory("SHELM", obs_shape, cfg)
         super().__init__(obs_shape, n_actions, cfg, WordRetrievalEncoder(vocabulary, cfg), memory)

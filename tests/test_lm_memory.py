@@ -17,6 +17,7 @@ import torch
 from transformers import BertModel
 
 from models.lm_memory import LMMemory, LMState, load_frozen_lm, resolve_lm_path
+from tests.memory_helpers import Fed
 from tests.tiny_lms import tiny_bert, tiny_gpt2, tiny_llama, tiny_neox
 from utils.errors import UserError
 
@@ -60,19 +61,6 @@ def banded_mask(length: int, window: int, dtype=torch.float32) -> torch.Tensor:
     visible = (j <= i) & (j > i - window)
     return torch.zeros(length, length, dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
 
-
-class Fed:
-    """A memory and the state the caller feeds it (`step` and `peek` as they were when the memory held it)."""
-
-    def __init__(self, memory: LMMemory, n: int) -> None:
-        self.memory, self.state = memory, memory.initial_state(n)
-
-    def step(self, x: torch.Tensor, starts) -> torch.Tensor:
-        out, self.state = self.memory.step(x, self.state, starts)
-        return out
-
-    def peek(self, x: torch.Tensor, starts) -> torch.Tensor:
-        return self.memory.peek(x, self.state, starts)
 
 
 def feed(memory: LMMemory, x: torch.Tensor, starts: torch.Tensor | None = None) -> tuple[torch.Tensor, LMState]:

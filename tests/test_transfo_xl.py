@@ -31,6 +31,7 @@ from models.transfo_xl import (
     load_transfo_xl,
     load_vocab,
 )
+from tests.memory_helpers import Fed
 from tests.tiny_lms import make_vocab_pickle, trxl_words
 from utils.errors import UserError
 
@@ -39,19 +40,6 @@ ATOL = 1e-5
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-class Fed:
-    """A memory and the state the caller feeds it (`step` and `peek` as they were when the memory held it)."""
-
-    def __init__(self, memory: TransfoXLMemory, n: int) -> None:
-        self.memory, self.state = memory, memory.initial_state(n)
-
-    def step(self, x: torch.Tensor, starts) -> torch.Tensor:
-        out, self.state = self.memory.step(x, self.state, starts)
-        return out
-
-    def peek(self, x: torch.Tensor, starts) -> torch.Tensor:
-        return self.memory.peek(x, self.state, starts)
 
 
 @pytest.fixture(scope="module")
