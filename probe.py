@@ -271,6 +271,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2, components: int =
     return predict
 
 
+BOOTSTRAP_REPS = 1000
+
+
+def episode_interval(correct: np.ndarray, episode: np.ndarray, seed: int = SPLIT_SEED) -> list[float]:
+    """95% interval of an accuracy, resampling held-out episodes (their steps are correlated, the
+    episodes are not): correct [n] (or [n, attributes]), episode [n] -> [low, high]."""
+    correct = correct.reshape(len(correct), -1).mean(axis=1)
+    ids, index = np.unique(episode, return_inverse=True)
+    sums, counts = np.bincount(index, correct), np.bincount(index)
+    draws = np.random.default_rng(seed).integers(len(ids), size=(BOOTSTRAP_REPS, len(ids)))
+    resampled = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    return [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))]
+
+
 def majority_rate(y: np.ndarray) -> np.ndarray:
     """Per column, the accuracy of always answering the more common class."""
     return np.maximum(y.mean(0), 1 - y.mean(0))
@@ -291,7 +305,8 @@ def cue_probe(episodes: list[Episode], train: np.ndarray, test: np.ndarray) -> d
 
     buckets = [str(s) for s in range(MAX_SINCE + 1)] + [f">{MAX_SINCE}", "never seen"]
     train_rows, test_rows = bucketed(train), bucketed(test)
-    out: dict[str, Any] = {"buckets": buckets, "counts": [], "chance": [], "memory": [], "frame": []}
+    out: dict[str, Any] = {"buckets": buckets, "counts": [], "chance": [], "memory": [], "frame": [],
+                           "memory_ci": [], "frame_ci": []}
     for bucket in buckets:
         fit_on, score_on = train_rows.get(bucket, []), test_rows.get(bucket, [])
         labels = lambda rows: np.array([[episodes[e].cue[t]] for e, t in rows], dtype=bool)  # noqa: E731
@@ -302,10 +317,13 @@ def cue_probe(episodes: list[Episode], train: np.ndarray, test: np.ndarray) -> d
         for rep in ("memory", "frame"):
             if not usable:
                 out[rep].append(None)
+                out[f"{rep}_ci"].append(None)
                 continue
             features = lambda rows: np.stack([getattr(episodes[e], rep)[t] for e, t in rows])  # noqa: E731
             predict = fit_logistic(features(fit_on), y_train)
-            out[rep].append(float(((predict(features(score_on)) > 0.5) == y_test).mean()))
+            correct = (predict(features(score_on)) > 0.5) == y_test
+            out[rep].append(float(correct.mean()))
+            out[f"{rep}_ci"].append(episode_interval(correct, np.array([e for e, _ in score_on])))
     if not any(v is not None for v in out["memory"]):
         raise UserError("too few steps after the cue was seen to fit a probe: record more episodes")
     return out
@@ -313,7 +331,8 @@ def cue_probe(episodes: list[Episode], train: np.ndarray, test: np.ndarray) -> d
 
 def recall_probe(episodes: list[Episode], train: np.ndarray, test: np.ndarray, ks=RECALL_KS) -> dict[str, Any]:
     """Accuracy of decoding the attributes of the frame k steps back, averaged over attributes."""
-    out: dict[str, Any] = {"k": [], "memory": [], "frame": [], "chance": [], "pairs": []}
+    out: dict[str, Any] = {"k": [], "memory": [], "frame": [], "chance": [], "pairs": [], "memory_ci": [],
+                           "frame_ci": []}
 
     def pairs(ids, k):
         return [(e, t) for e in ids for t in range(k, len(episodes[e].memory))]
@@ -335,7 +354,9 @@ def recall_probe(episodes: list[Episode], train: np.ndarray, test: np.ndarray, k
             x_train = np.stack([getattr(episodes[e], rep)[t] for e, t in train_pairs])
             x_test = np.stack([getattr(episodes[e], rep)[t] for e, t in test_pairs])
             predict = fit_logistic(x_train, y_train)
-            out[rep].append(float(((predict(x_test) > 0.5) == y_test).mean()))
+            correct = (predict(x_test) > 0.5) == y_test
+            out[rep].append(float(correct.mean()))
+            out[f"{rep}_ci"].append(episode_interval(correct, np.array([e for e, _ in test_pairs])))
     return out
 
 
@@ -375,6 +396,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def with_ci(probe: dict[str, Any], rep: str, j: int) -> str:
+    """``0.912 [0.850, 0.960]``: an accuracy and its interval over held-out episodes."""
+    ci = (probe.get(f"{rep}_ci") or [None] * (j + 1))[j]
+    return fmt(probe[rep][j]) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Probe: {result['model']} on {result['env']} ({result['what']})", "",
              f"{result['episodes']} episodes ({result['steps']} steps) with {result['policy']} actions, mean return "
@@ -383,12 +414,12 @@ def render_markdown(result: dict[str, Any]) -> str:
              f"{result['frame_dim']}-d.", ""]
     if result.get("cue"):
         cue = result["cue"]
-        lines += ["## Cue", "", "| steps since in view | held-out steps | memory | frame (no memory) | chance |",
+        lines += ["## Cue", "", "Accuracy with its 95% interval over held-out episodes.", "",
+                  "| steps since in view | held-out steps | memory | frame (no memory) | chance |",
                   "|---|---|---|---|---|"]
-        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         for j, bucket in enumerate(cue["buckets"]):
             if cue["counts"][j]:
-                lines.append(f"| {bucket} | {cue['counts'][j]} | {fmt(cue['memory'][j])} | {fmt(cue['frame'][j])} "
+                lines.append(f"| {bucket} | {cue['counts'][j]} | {with_ci(cue, 'memory', j)} | {with_ci(cue, 'frame', j)} "
                              f"| {fmt(cue['chance'][j])} |")
         lines.append("")
     if result.get("recall"):
@@ -398,7 +429,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                   "", "| k | held-out pairs | memory | frame (no memory) | chance |", "|---|---|---|---|---|"]
         for j, k in enumerate(rec["k"]):
             if k in (1, 2, 4, 8, 16, 32, 64) or j == len(rec["k"]) - 1:
-                lines.append(f"| {k} | {rec['pairs'][j]} | {rec['memory'][j]:.3f} | {rec['frame'][j]:.3f} "
+                lines.append(f"| {k} | {rec['pairs'][j]} | {with_ci(rec, 'memory', j)} | {with_ci(rec, 'frame', j)} "
                              f"| {rec['chance'][j]:.3f} |")
         lines.append("")
     return "\n".join(lines)

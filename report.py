@@ -629,8 +629,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def plot_probes(env: str, kind: str, probes: list[dict[str, Any]], out_path: Path) -> None:
-    """One PNG: held-out accuracy of each probed memory (solid), of its current frame's CNN (dotted,
-    the memory-free floor) and chance (grey), against steps since the cue left the view or k."""
+    """One PNG: held-out accuracy of each probed memory (solid, with its 95% interval over held-out
+    episodes), of its current frame's CNN (dotted, the memory-free floor) and chance (grey),
+    against steps since the cue left the view or k."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -642,12 +643,16 @@ def plot_probes(env: str, kind: str, probes: list[dict[str, Any]], out_path: Pat
         probe = data[kind]
         if kind == "cue":
             keep = [j for j, b in enumerate(probe["buckets"]) if b.isdigit() and probe["memory"][j] is not None]
-            xs = [int(probe["buckets"][j]) for j in keep]
-            series = {rep: [probe[rep][j] for j in keep] for rep in ("memory", "frame", "chance")}
         else:
-            xs, series = probe["k"], {rep: probe[rep] for rep in ("memory", "frame", "chance")}
+            keep = list(range(len(probe["k"])))
+        xs = [int(probe["buckets"][j]) for j in keep] if kind == "cue" else probe["k"]
+        series = {rep: [probe[rep][j] for j in keep] for rep in ("memory", "frame", "chance")}
         line = ax.plot(xs, series["memory"], marker="o", markersize=3,
                        label=f"{data['model']} ({data.get('what', '')}): memory")[0]
+        intervals = probe.get("memory_ci")
+        if intervals:  # 95% over held-out episodes
+            ax.fill_between(xs, [intervals[j][0] for j in keep], [intervals[j][1] for j in keep],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
         ax.plot(xs, series["frame"], color=line.get_color(), linestyle=":", linewidth=1,
                 label=f"{data['model']}: current frame only")
         chances.append((xs, series["chance"]))
