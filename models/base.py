@@ -84,6 +84,25 @@ def sample(logits: torch.Tensor, values: torch.Tensor, deterministic: bool, feat
     return ActOutput(actions, values, dist.log_prob(actions), features or {})
 
 
+def sample_without_syncs(logits: torch.Tensor, values: torch.Tensor, deterministic: bool,
+                         features: dict[str, Any] | None = None) -> ActOutput:
+    """`sample` with no device-host sync, for a captured CUDA graph.
+
+    `Categorical` checks its arguments on the host. Here an action is drawn by the exponential
+    race (argmax_i p_i / E_i with E_i ~ Exp(1) picks i with probability p_i), which is also how
+    `torch.multinomial` draws one sample. Rows with non-finite logits get action -1, for the
+    caller to report with the actions it fetches anyway.
+    """
+    log_p = logits.float().log_softmax(-1)
+    if deterministic:
+        actions = logits.argmax(-1)
+    else:
+        actions = (log_p - torch.empty_like(log_p).exponential_().log()).argmax(-1)
+    log_probs = log_p.gather(-1, actions[:, None]).squeeze(-1)
+    actions = actions.masked_fill(~torch.isfinite(logits).all(-1), -1)
+    return ActOutput(actions, values, log_probs, features or {})
+
+
 class MemoryAgent(Agent):
     """encoder -> memory -> [memory output || skip(obs)] -> actor-critic heads.
 
@@ -121,11 +140,17 @@ class MemoryAgent(Agent):
     def act(self, obs: torch.Tensor, state: State, episode_start: torch.Tensor,
             deterministic: bool = False) -> tuple[ActOutput, State]:
         inputs, extra = self.encode(obs)
+        out, state = self.act_on_inputs(inputs, extra, obs, state, episode_start, deterministic)
+        self.record(inputs, extra, episode_start)
+        return out, state
+
+    def act_on_inputs(self, inputs: torch.Tensor, extra: dict[str, torch.Tensor], obs: torch.Tensor, state: State,
+                      episode_start: torch.Tensor, deterministic: bool = False, sampler=sample) -> tuple[ActOutput, State]:
+        """`act` from the encoder's output on: memory step, heads, sampling (what a CUDA graph captures)."""
         memory_out, state = self.memory.step(inputs, state, episode_start)
         logits, values = self.policy(memory_out, obs)
-        self.record(inputs, extra, episode_start)
         features = {"memory_out": memory_out.float(), **extra} if self.stores_memory_out else extra
-        out = sample(logits, values, deterministic, features)
+        out = sampler(logits, values, deterministic, features)
         out.memory_out = memory_out
         return out, state
 

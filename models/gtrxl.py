@@ -82,7 +82,7 @@ class GTrXLBlock(nn.Module):
         q = self.query(self.attn_norm(h)).view(*split)
         k, v = self.key_value(self.attn_norm(torch.cat([memory, h], dim=1))).view(*split[:2], 2 * self.heads,
                                                                                     self.head_dim).chunk(2, dim=2)
-        n_dist = int(distance.max()) + 1
+        n_dist = distance.shape[1]  # the largest distance is T - 1 + M (known from the shape: no host sync)
         r = self.position(sinusoid(torch.arange(n_dist, device=h.device), dim)).view(n_dist, self.heads, self.head_dim)
         content = torch.einsum("bthd,bkhd->bhtk", q + self.content_bias, k)
         by_distance = torch.einsum("bthd,nhd->bhtn", q + self.position_bias, r)

@@ -75,4 +75,5 @@ def select_rows(state: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str,
 
 
 def detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: value.detach() for name, value in state.items()}
+    """A copy of a trained memory's state that later steps cannot change (a CUDA graph writes its state in place)."""
+    return {name: value.detach().clone() for name, value in state.items()}

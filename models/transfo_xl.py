@@ -330,13 +330,15 @@ class TrXLState:
     keys: list[torch.Tensor]  # per layer [B, H, d_head, slot] (laid out for q @ k)
     values: list[torch.Tensor]  # per layer [B, H, slot, d_head] (laid out for weights @ v)
     start: torch.Tensor  # [B] first token of each row's episode
-    t: int = 0  # tokens appended so far
-    tokens_encoded: int = 0  # tokens per row whose keys/values were computed (each once)
+    t: int | torch.Tensor = 0  # tokens appended so far (static mode: a device tensor, updated in place)
+    tokens_encoded: int = 0  # tokens per row whose keys/values were computed (each once; a replayed graph does not count)
 
     def to(self, device: torch.device | str) -> TrXLState:
         """This memory on another device (in place; returns itself)."""
         self.keys, self.values = [k.to(device) for k in self.keys], [v.to(device) for v in self.values]
         self.start = self.start.to(device)
+        if isinstance(self.t, torch.Tensor):
+            self.t = self.t.to(device)
         return self
 
 
@@ -347,9 +349,13 @@ class TransfoXLMemory(Memory):
     registered submodule (it is frozen, stays in eval mode and is reloaded by name rather than
     stored in checkpoints), but `.to()` moves it. What it remembers is a `TrXLState` that the
     caller holds; `step` writes the new tokens' keys and values into it, `peek` writes nothing.
+
+    `static=True` makes a step capturable in a CUDA graph: the token count is a device tensor and
+    episode starts are applied to every row by masks, so no step reads a device value on the host
+    or allocates state. The buffers already have fixed shapes; the outputs are the same.
     """
 
-    def __init__(self, model: TransfoXL, mem_len: int, reset: str = "mask") -> None:
+    def __init__(self, model: TransfoXL, mem_len: int, reset: str = "mask", static: bool = False) -> None:
         super().__init__()
         if isinstance(mem_len, bool) or not isinstance(mem_len, int) or mem_len < 1:
             raise UserError(f"mem_len must be a positive integer, got {mem_len!r}")
@@ -358,6 +364,7 @@ class TransfoXLMemory(Memory):
         object.__setattr__(self, "_model", model)  # not registered: see the class docstring
         self.mem_len = mem_len
         self.reset_mode = reset
+        self.static = static
         self.in_dim = self.out_dim = model.config.d_model
         self._capacity = mem_len - 1  # keys/values kept per row and layer
         c = model.config
@@ -387,6 +394,7 @@ class TransfoXLMemory(Memory):
             keys=[weight.new_zeros(n, c.n_head, c.d_head, self._capacity) for _ in self._model.layers],
             values=[weight.new_zeros(n, c.n_head, self._capacity, c.d_head) for _ in self._model.layers],
             start=torch.zeros(n, dtype=torch.long, device=weight.device),
+            t=torch.zeros((), dtype=torch.long, device=weight.device) if self.static else 0,
         )
 
     def step(self, embeds: torch.Tensor, state: TrXLState, starts: torch.Tensor) -> tuple[torch.Tensor, TrXLState]:
@@ -396,7 +404,12 @@ class TransfoXLMemory(Memory):
         The state's buffers are updated in place; the returned state is the same object.
         """
         embeds, restart = self._check(embeds, state, starts)
-        if restart.any():  # most steps: nothing to do (and nothing to copy)
+        if self.static:  # the same, without asking the device whether any row restarts
+            state.start.copy_(torch.where(restart, state.t, state.start))
+            if self.reset_mode == "zero":
+                for buffer in (*state.keys, *state.values):
+                    buffer.masked_fill_(restart[:, None, None, None], 0)
+        elif restart.any():  # most steps: nothing to do (and nothing to copy)
             state.start = torch.where(restart, state.t, state.start)
             if self.reset_mode == "zero":
                 index = restart.nonzero().squeeze(1)
@@ -461,7 +474,7 @@ class TransfoXLMemory(Memory):
         keep = None if forgotten is None else (~forgotten).to(x.dtype)[:, None, None, None]
 
         scale = 1.0 / math.sqrt(D)
-        written = torch.arange(t + max(k - C, 0), t + k, device=device)  # the new tokens that stay remembered
+        written = t + torch.arange(max(k - C, 0), k, device=device)  # the new tokens that stay remembered
         positions = self._positions()
         for i, block in enumerate(model.layers):
             attn = block.dec_attn
@@ -492,7 +505,7 @@ class TransfoXLMemory(Memory):
                 old_values.index_copy_(2, slots, value[:, :, kept].to(old_values.dtype))
             x = out
         if commit:
-            state.t += k
+            state.t += k  # in place when a tensor (static mode)
             state.tokens_encoded += k
         return x[:, -1].contiguous()
 
