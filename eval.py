@@ -346,7 +346,9 @@ def evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"{cfg['env']} gives vector observations, not frames: --video and --html show frames "
                         "(the trace and summary.json hold every step)")
     try:
-        agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
+        # a run trained with cuda_graph is evaluated by the eager step, which also re-encodes long episodes
+        agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n),
+                            cfg | {"cuda_graph": False})
         try:
             agent.load_checkpoint_state(checkpoint["agent"])
         except (ValueError, RuntimeError) as err:

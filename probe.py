@@ -474,7 +474,9 @@ def probe(args) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     envs = make_env(cfg["env"], min(args.n_envs, args.episodes), "sync")
     try:
-        agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
+        # a run trained with cuda_graph is evaluated by the eager step, which also re-encodes long episodes
+        agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n),
+                            cfg | {"cuda_graph": False})
         if checkpoint is not None:
             try:
                 agent.load_checkpoint_state(checkpoint["agent"])

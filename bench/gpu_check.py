@@ -15,13 +15,17 @@ replaced by a random-weight model of the same size; speed does not depend on the
   and the largest deviation from fp32 relative to the output's scale.
 
 * scale (``--scale``): CNN-PPO and HELM (Pythia-410m-sized, mem 511) at 16, 64 and 256 envs,
-  HELM in fp32 and ``precision=bf16``: where a bigger batch and bf16 pay.
+  HELM in fp32 and ``precision=bf16``: where a bigger batch and bf16 pay; then the same with
+  ``cuda_graph=true`` (CNN-PPO at 16 envs, HELM at 16 and 256 envs in fp32 and bf16).
 * concurrent (``--concurrent``): 1, 2, 4 and 8 HELM trials of 16 envs at once on the one GPU
   (separate processes, as ``sweep.py --gpus-per-trial 0.125`` runs them): the aggregate steps/s.
+* attention (``--attention``): one LM memory step at 256 envs with a full window, fp32 and bf16,
+  eager and static step, under each attention kernel: where bf16 loses.
 
     python bench/gpu_check.py --out bench/results/gpu_check.json
     python bench/gpu_check.py --scale --concurrent --out bench/results/gpu_scale.json   # under 8 minutes
-    python bench/gpu_check.py --smoke [--scale --concurrent]   # seconds, any machine: tiny models, CPU
+    python bench/gpu_check.py --attention --out bench/results/gpu_attention.json   # where bf16 loses
+    python bench/gpu_check.py --smoke [--scale --concurrent --attention]   # seconds, any machine: tiny models, CPU
 
 ``--smoke`` runs every row and the precision check with tiny models (a 2-layer GPT-NeoX, the tests'
 tiny Transformer-XL and CLIP), 2 envs x 8 steps and one timed update, on the CPU; it exits 1 if any
@@ -209,6 +213,55 @@ def precision(lm_dir: str, clip_dir: str) -> dict:
     return out
 
 
+def attention_backends(lm_dir: str) -> list[dict]:
+    """Where bf16 loses: one LM memory step (Pythia-410m-sized, mem 511, full window) at 256 envs,
+    eager and static step, fp32 and bf16 weights, under each of PyTorch's attention kernels."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from models.frozen_lm import load_frozen_memory
+
+    n_envs, mem_len = (4, 20) if TINY else (256, 511)
+    backends = {"default": None, "math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION}
+    rows = []
+    device = torch.device(DEVICE)
+    for precision in ("fp32", "bf16"):
+        for static in (False, True):
+            memory, vocabulary = load_frozen_memory(lm_dir, mem_len, lm_mode="causal", precision=precision, static=static)
+            memory.to(device)
+            state = memory.initial_state(n_envs)
+            emb = vocabulary.embeddings()
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            starts = torch.zeros(n_envs, dtype=torch.bool, device=device)
+
+            def token():
+                return emb[torch.randint(0, emb.shape[0], (n_envs,), generator=gen).to(emb.device)]
+
+            with torch.no_grad():
+                for _ in range(mem_len):  # fill the window
+                    memory.step(token(), state, starts)
+                x = token()
+                for name, backend in backends.items():
+                    row = {"precision": precision, "step": "static" if static else "eager", "kernel": name}
+                    try:
+                        with sdpa_kernel(backend) if backend is not None else _nothing():
+                            row["ms"] = time_call(lambda: memory.peek(x, state, starts), repeats=10)
+                    except RuntimeError as err:  # a kernel that does not take these inputs
+                        row["error"] = str(err).splitlines()[0][:120]
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+            del memory, state
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=3)
@@ -217,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU: checks this script only")
     parser.add_argument("--scale", action="store_true", help="only the n_envs x precision table")
     parser.add_argument("--concurrent", action="store_true", help="only the concurrent-trials table")
+    parser.add_argument("--attention", action="store_true",
+                        help="only the LM step at 256 envs per attention kernel, fp32 and bf16, eager and static")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one trial of --concurrent: its settings as JSON
     args = parser.parse_args(argv)
     if args.worker:
@@ -231,8 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     result = {"device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)", "torch": torch.__version__, "train": [], "errors": []}
     with tempfile.TemporaryDirectory(prefix="helm-gpu-") as tmp:
-        if args.scale or args.concurrent:
+        if args.scale or args.concurrent or args.attention:
             lm_dir = save_pythia_410m_sized(Path(tmp) / "pythia410m")
+            if args.attention:
+                try:
+                    result["attention"] = attention_backends(lm_dir)
+                except Exception:
+                    result["errors"].append("attention: " + traceback.format_exc(limit=4))
             if args.scale:
                 run_scale(args, result, lm_dir)
             if args.concurrent:
@@ -287,6 +347,14 @@ def run_scale(args, result: dict, lm_dir: str) -> None:
     envs = (2, 4) if TINY else SCALE_ENVS
     rows = [("CNN-PPO", {"n_envs": n}) for n in envs]
     rows += [("HELM", {**helm, "n_envs": n, "precision": p}) for n in envs for p in ("fp32", "bf16")]
+    # the rollout step captured in a CUDA graph (the FrozenHopfield inside it: no frame cache)
+    graph = {"cuda_graph": True, "hopfield_cache_size": 0}
+    rows += [("CNN-PPO", {"n_envs": envs[0], "cuda_graph": True})]
+    rows += [("HELM", {**helm, **graph, "n_envs": n, "precision": p}) for n in (envs[0], envs[-1]) for p in ("fp32", "bf16")]
+    if TINY:  # on the CPU the capture wrapper runs without a graph: its buffers and copies, not the capture
+        import trainers.run
+
+        trainers.run._check_cuda_graph = lambda *args: None
     for model, overrides in rows:
         try:
             row = train_speed(model, overrides, args.updates, rollout=8 if TINY else 128)
@@ -346,6 +414,9 @@ def summary(result: dict) -> str:
     for mode, numbers in result.get("precision", {}).items():
         lines.append(f"precision {mode}: LM step {numbers['lm_step_ms']:.2f} ms (max rel. dev. {numbers['lm_max_rel_dev']:.1e}), "
                      f"CLIP x16 {numbers['clip16_ms']:.1f} ms (max rel. dev. {numbers['clip_max_rel_dev']:.1e})")
+    for row in result.get("attention", []):
+        timing = f"{row['ms']:.2f} ms" if "ms" in row else f"not available ({row['error']})"
+        lines.append(f"LM step, {row['precision']}, {row['step']} step, {row['kernel']} attention: {timing}")
     for row in result.get("concurrent", []):
         lines.append(f"concurrent HELM trials: {row['trials']}: aggregate {row['aggregate_steps_per_s']:.0f} steps/s, "
                      f"peak {row['peak_gpu_mib_per_trial']:.0f} MiB per trial")

@@ -39,8 +39,13 @@ def is_transfo_xl(lm: str) -> bool:
 
 
 def load_frozen_memory(lm: str, mem_len: int, lm_mode: str = "auto", lm_layers: int | None = None,
-                       mem_reset: str = "auto", precision: str = "fp32") -> tuple[Memory, Vocabulary]:
-    """The memory that `lm` names, frozen and in eval mode, and the LM's vocabulary."""
+                       mem_reset: str = "auto", precision: str = "fp32", static: bool = False,
+                       tokens_per_step: int = 1) -> tuple[Memory, Vocabulary]:
+    """The memory that `lm` names, frozen and in eval mode, and the LM's vocabulary.
+
+    `static=True` gives the variant whose step has fixed shapes and no host syncs, for a CUDA
+    graph (`tokens_per_step` then fixes the tokens each step appends).
+    """
     if is_transfo_xl(lm):
         from models.transfo_xl import TransfoXLMemory, load_transfo_xl, load_vocab
 
@@ -50,14 +55,22 @@ def load_frozen_memory(lm: str, mem_len: int, lm_mode: str = "auto", lm_layers: 
         model = _in_precision(load_transfo_xl(lm, lm_layers), precision)
         vocab_file = model.vocab_file
         vocabulary = Vocabulary(lm, model.word_emb.cached_table, (lambda: load_vocab(vocab_file)) if vocab_file else None)
-        return TransfoXLMemory(model, mem_len, reset=reset), vocabulary
+        return TransfoXLMemory(model, mem_len, reset=reset, static=static), vocabulary
     from models.lm_memory import LMMemory, load_frozen_lm, load_tokenizer_offline
 
     if mem_reset == "zero":
         raise UserError(f"mem_reset={mem_reset!r} is only available for Transformer-XL; other LMs mask earlier episodes")
     model = _in_precision(load_frozen_lm(lm, lm_layers), precision)
     vocabulary = Vocabulary(lm, lambda: model.get_input_embeddings().weight.detach(), lambda: load_tokenizer_offline(lm))
-    return LMMemory(model, mem_len, lm_mode, name=lm), vocabulary
+    if not static:
+        return LMMemory(model, mem_len, lm_mode, name=lm), vocabulary
+    from models.lm_memory import is_encoder_only
+    from models.static_lm_memory import StaticLMMemory
+
+    if lm_mode == "bidirectional" or (lm_mode == "auto" and is_encoder_only(model)):
+        raise UserError(f"cuda_graph needs a causal LM memory, and {lm!r} runs bidirectionally (lm_mode={lm_mode!r}), "
+                        "re-encoding its window every step: set lm_mode=causal or cuda_graph=false")
+    return StaticLMMemory(model, mem_len, tokens_per_step, name=lm), vocabulary
 
 
 def _in_precision(model: nn.Module, precision: str) -> nn.Module:

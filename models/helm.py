@@ -71,6 +71,9 @@ class FrozenEncoder(nn.Module):
     `trace_items` what to keep of a step to name its memory words later, and `words` the words.
     """
 
+    # whether `encode` may run inside a CUDA graph (no host work such as a frame cache's lookups)
+    graph_safe: bool = False
+
     def __init__(self, vocabulary: Vocabulary) -> None:
         super().__init__()
         self.vocabulary = vocabulary
@@ -101,6 +104,7 @@ class HopfieldEncoder(FrozenEncoder):
                                        beta, seed=seed)
         # The FrozenHopfield is fixed, so each distinct frame is mapped once (MiniGrid repeats frames a lot)
         self.cache = FrameCache(cache_size)
+        self.graph_safe = not cache_size  # the cache hashes frames on the host
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         def retrieve(frames: torch.Tensor) -> torch.Tensor:
@@ -189,7 +193,9 @@ class LMMemoryAgent(MemoryAgent):
 def frozen_memory(cfg: dict) -> tuple[Memory, Vocabulary]:
     """The config's frozen LM memory and its vocabulary."""
     return load_frozen_memory(cfg["lm"], cfg["mem_len"], cfg.get("lm_mode", "auto"), cfg.get("lm_layers"),
-                              cfg.get("mem_reset", "auto"), cfg.get("precision", "fp32"))
+                              cfg.get("mem_reset", "auto"), cfg.get("precision", "fp32"),
+                              static=cfg.get("cuda_graph", False),
+                              tokens_per_step=cfg["topk"] if cfg.get("model") == "SHELM" else 1)
 
 
 class HELM(LMMemoryAgent):

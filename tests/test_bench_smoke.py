@@ -47,8 +47,11 @@ EXPECTED = {
     "threads": ["smoke: {'threads': '1'", "smoke: {'threads': 'per-core'", "smoke: {'threads': 'auto'"],
     "gpu_check": ["| HELMv2 | lm=pythia410m", "| SHELM | lm=pythia410m", "precision bf16-autocast: LM step",
                   "0 failed"],
-    "gpu_check --scale --concurrent": ["| HELM | lm=pythia410m, lm_mode=causal, mem_len=511, beta=100.0, n_envs=4, "
-                                       "precision=bf16 |", "concurrent HELM trials: 2: aggregate", "0 failed"],
+    "gpu_check --scale --concurrent --attention": ["LM step, bf16, static step, default attention: ",
+                                                   "| HELM | lm=pythia410m, lm_mode=causal, mem_len=511, beta=100.0, "
+                                                   "n_envs=4, precision=bf16 |", "| CNN-PPO | n_envs=2, cuda_graph=True |",
+                                                   "cuda_graph=True, hopfield_cache_size=0, n_envs=4, precision=bf16 |",
+                                                   "concurrent HELM trials: 2: aggregate", "0 failed"],
     "clip_cache": ["| uniform-random | [0k, 0.064k] |", "| shortest-path |", "| HELMv2 | on |", "| SHELM | off |"],
     "throughput": ["| env only | make_env sync", "| ours (PPOTrainer) | CNN-PPO |", "| ours (PPOTrainer) | Impala-PPO |",
                    "| ours (PPOTrainer) | GRU-PPO |", "| ours (PPOTrainer) | TrXL-PPO",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from envs import success
-from models.base import Agent
+from models.base import ActOutput, Agent
 from models.memory import detached
 from trainers.gae import compute_gae
 from trainers.normalize import RewardNormalizer
@@ -200,6 +200,8 @@ class PPOTrainer:
         # ckpt_last.pt is refreshed so that a hard kill (SIGKILL, power loss) loses at most this many
         # seconds or one update, whichever is more; also written at the end and on Ctrl-C / SIGTERM
         self.last_ckpt_every_s: float = cfg["ckpt_last_every_s"]
+        self.captured = None  # the CUDA-graph step (cuda_graph=true), made by `begin`
+        self._pinned: dict[tuple, torch.Tensor] = {}  # page-locked staging buffers for host -> GPU copies
 
     # -- schedules ---------------------------------------------------------------------------
     def progress_fraction(self) -> float:
@@ -215,7 +217,28 @@ class PPOTrainer:
 
     # -- rollout -----------------------------------------------------------------------------
     def _to_tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(array, device=self.device)
+        if self.device.type != "cuda":
+            return torch.as_tensor(array, device=self.device)
+        # via page-locked memory, so the copy neither stages through a bounce buffer nor blocks
+        # the host; every step fetches its actions before the next write, so one buffer per kind is enough
+        key = (array.shape, array.dtype.str)
+        host = self._pinned.get(key)
+        if host is None:
+            host = self._pinned[key] = torch.from_numpy(np.empty_like(array)).pin_memory()
+        np.copyto(host.numpy(), array)
+        return host.to(self.device, non_blocking=True)
+
+    def _act(self, obs: torch.Tensor, starts: torch.Tensor) -> tuple[ActOutput, np.ndarray]:
+        """The rollout's forward for one step (a replayed CUDA graph with cuda_graph=true); the actions on the host."""
+        if self.captured is not None:
+            out = self.captured(obs, starts)
+            actions = out.actions.cpu().numpy()  # the step's one device-host sync
+            if (actions < 0).any():  # sample_without_syncs marks rows whose logits were not finite
+                raise NonFiniteLossError(f"non-finite policy logits at step {self.step}")
+            return out, actions
+        with torch.no_grad(), self._non_finite_guard("policy logits"):
+            out, self.memory_state = self.agent.act(obs, self.memory_state, starts)
+        return out, out.actions.cpu().numpy()
 
     def collect_rollout(self) -> None:
         agent, rollout, gamma = self.agent, self.rollout, self.cfg["gamma"]
@@ -227,9 +250,7 @@ class PPOTrainer:
             tick = time.perf_counter()
             obs = self._to_tensor(self.obs)
             starts = self._to_tensor(self.episode_start)
-            with torch.no_grad(), self._non_finite_guard("policy logits"):
-                out, self.memory_state = agent.act(obs, self.memory_state, starts)
-            actions = out.actions.cpu().numpy()
+            out, actions = self._act(obs, starts)
             self.timers["act"] += time.perf_counter() - tick
 
             tick = time.perf_counter()
@@ -331,6 +352,12 @@ class PPOTrainer:
         self.obs, _ = self.envs.reset(seed=self.cfg["seed"] + self.step)
         self.episode_start = np.ones(self.n_envs, dtype=bool)
         self.memory_state = self.agent.initial_state(self.n_envs)  # the trainer owns the memory's state
+        self.captured = None
+        if self.cfg.get("cuda_graph"):
+            from trainers.captured_step import CapturedStep
+
+            self.captured = CapturedStep(self.agent, self.n_envs, self.obs_shape, self.rollout.obs.dtype, self.device)
+            self.memory_state = self.captured.state  # updated in place by every replay
         self.agent.eval()
 
     def train(self, on_update: Callable[[dict[str, float], int], None] | None = None) -> str:

@@ -122,8 +122,10 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
     envs = make_env(cfg["env"], cfg["n_envs"], cfg["vec_env"])
     agent = build_agent(cfg["model"], envs.single_observation_space.shape, int(envs.single_action_space.n), cfg)
     agent.to(device)
-    note = getattr(getattr(agent, "memory", None), "rebuild_note", None)
-    if note is not None and (text := note(episode_limit(envs))):
+    memory = getattr(agent, "memory", None)
+    if cfg["cuda_graph"]:
+        _check_cuda_graph(cfg, agent, device, episode_limit(envs), envs)
+    elif (note := getattr(memory, "rebuild_note", None)) and (text := note(episode_limit(envs))):
         print(f"note: {cfg['env']} with lm={cfg['lm']}: {text}", file=sys.stderr)
     trainer = PPOTrainer(cfg, agent, envs, device, run_dir, None, progress=progress)
     if checkpoint is not None:
@@ -148,6 +150,24 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path | None, checkpoint: dict[st
             envs.close()
             raise UserError(f"cannot write to {run_dir}: {err.strerror or err}") from None
     return trainer
+
+
+def _check_cuda_graph(cfg: dict[str, Any], agent, device, limit: int | None, envs) -> None:
+    """Refuse, in one line, a cuda_graph run that cannot be captured or would not be exact."""
+    from trainers.captured_step import check_capturable
+
+    try:
+        check_capturable(agent, device)
+        reason = getattr(agent.memory, "unsupported_reason", lambda limit: None)(limit)
+        if reason:
+            raise UserError(f"cuda_graph with lm={cfg['lm']} on {cfg['env']}: {reason}; or set cuda_graph=false")
+    except UserError:
+        envs.close()
+        raise
+    if not getattr(agent.encoder, "graph_safe", True):
+        print(f"note: cuda_graph: {cfg['model']}'s encoder does host work (a frame cache, CLIP's), so it runs before "
+              "each replay, outside the graph" + ("; hopfield_cache_size=0 captures it too" if cfg["model"] == "HELM" else ""),
+              file=sys.stderr)
 
 
 RUNTIME_FILE = "runtime.json"

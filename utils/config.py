@@ -44,6 +44,8 @@ SCHEMA: dict[str, Key] = {
     "precision": Key("fp32", str, choices=("fp32", "bf16"),
                      help="bf16: the CNN runs under bfloat16 autocast (fp32 weights and gradients) and the frozen "
                           "LM holds bfloat16 weights; fp32: the papers' full precision"),
+    "cuda_graph": Key(False, bool, help="capture each rollout step (encoder where it can, memory, heads, sampling) "
+                                        "in one CUDA graph and replay it; needs device=cuda (see docs/design.md)"),
     # environment
     "n_envs": Key(16, int, help="parallel envs (all step together)"),
     "vec_env": Key("auto", str, choices=("auto", "sync", "async", "envpool"),
