@@ -302,3 +302,22 @@ def test_dataclass_state_moves_with_to(lms):
     memory.step(torch.randn(N, memory.in_dim), state, torch.ones(N, dtype=torch.bool))
     moved = state.to("cpu")
     assert moved is state and dataclasses.is_dataclass(moved)
+
+
+def test_a_captured_rollout_reads_no_device_value_on_the_host(agent_cfgs, monkeypatch):
+    """With cuda_graph the only sync per step is fetching the actions (not an op: invisible here)."""
+    import trainers.run
+    from trainers.run import build_trainer
+
+    monkeypatch.setattr(trainers.run, "_check_cuda_graph", lambda *args: None)
+    for name in ("HELM", "Impala-PPO"):
+        cfg = agent_cfgs[name] | {"n_envs": 2, "n_rollout_steps": 16, "n_batches": 2, "vec_env": "sync",
+                                  "torch_threads": 1, "cuda_graph": True, "save_ckpt": False}
+        trainer = build_trainer(cfg, run_dir=None)
+        try:
+            trainer.begin()
+            with HostReads() as reads:
+                trainer.collect_rollout()
+            assert reads.seen == [], f"{name}: {reads.seen}"
+        finally:
+            trainer.envs.close()
