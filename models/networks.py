@@ -46,7 +46,8 @@ class SmallImpalaCNN(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        # no cast cache: each weight is used once per forward, and a captured CUDA graph must not keep casts
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
             features = self.fc(self.convs(to_float_image(obs)))
         return features.float()  # a no-op in fp32
 
