@@ -123,6 +123,7 @@ class RenderViews(gym.vector.VectorWrapper):
     def __init__(self, env: gym.vector.VectorEnv, tile_size: int = TILE):
         super().__init__(env)
         self.tile_size = tile_size
+        self._actions = None  # held between step_async and step_wait when the inner envs are synchronous
         side = VIEW * tile_size
         self.single_observation_space = gym.spaces.Box(0, 255, (side, side, 3), np.uint8)
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
@@ -132,7 +133,22 @@ class RenderViews(gym.vector.VectorWrapper):
         return render_views(obs, self.tile_size), info
 
     def step(self, actions):
-        obs, rewards, terminated, truncated, info = self.env.step(actions)
+        return self._render_step(*self.env.step(actions))
+
+    def step_async(self, actions) -> None:
+        """Start the inner envs' step where they run off this thread (EnvPool, AsyncVectorEnv)."""
+        if hasattr(self.env, "step_async"):
+            self.env.step_async(actions)
+        else:
+            self._actions = actions
+
+    def step_wait(self):
+        if hasattr(self.env, "step_async"):
+            return self._render_step(*self.env.step_wait())
+        actions, self._actions = self._actions, None
+        return self.step(actions)
+
+    def _render_step(self, obs, rewards, terminated, truncated, info):
         if "final_obs" in info:
             info = {**info, "final_obs": self._render_final(info["final_obs"], info["_final_obs"])}
         return render_views(obs, self.tile_size), rewards, terminated, truncated, info

@@ -95,7 +95,15 @@ class SameStepEnvPool(gym.vector.VectorEnv):
         return self._observe(obs), {}
 
     def step(self, actions):
-        obs, rewards, terminated, truncated, _ = self._pool.step(np.asarray(actions, dtype=np.int32))
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions) -> None:
+        """Hand the actions to EnvPool's threads and return at once; `step_wait` collects the step."""
+        self._pool.send(np.asarray(actions, dtype=np.int32))
+
+    def step_wait(self):
+        obs, rewards, terminated, truncated, _ = self._pool.recv()
         obs = self._observe(obs)
         terminated = self._terminated(rewards, terminated, truncated)
         done = terminated | truncated

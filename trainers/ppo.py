@@ -88,10 +88,14 @@ class Rollout:
         self.state: dict[str, torch.Tensor] = {}
         self.advantages = self.returns = None
 
-    def add(self, t: int, obs, episode_start, out, rewards, dones) -> None:
+    def add_outcome(self, t: int, rewards, dones) -> None:
+        """What the envs answered to step ``t``."""
+        self.rewards[t], self.dones[t] = rewards, dones
+
+    def add_inputs(self, t: int, obs, episode_start, out) -> None:
+        """What the agent saw and did at step ``t``: known before the envs answer."""
         self.obs[t], self.episode_starts[t] = obs, episode_start
         self.actions[t], self.log_probs[t], self.values[t] = out.actions, out.log_probs, out.values
-        self.rewards[t], self.dones[t] = rewards, dones
         for name, value in out.features.items():
             if name not in self.features:
                 self.features[name] = torch.zeros(
@@ -240,6 +244,20 @@ class PPOTrainer:
             out, self.memory_state = self.agent.act(obs, self.memory_state, starts)
         return out, out.actions.cpu().numpy()
 
+    def _step_envs(self, actions: np.ndarray, meanwhile: Callable[[], None]):
+        """Step the envs, running `meanwhile` (work that needs nothing from them) while they step.
+
+        Envs that step off this thread (EnvPool's, gymnasium's AsyncVectorEnv) overlap with it;
+        the others run it first. Either way the same operations run in the same order on the same
+        data, so a run is identical with and without the overlap.
+        """
+        if not hasattr(self.envs, "step_async"):
+            meanwhile()
+            return self.envs.step(actions)
+        self.envs.step_async(actions)
+        meanwhile()
+        return self.envs.step_wait()
+
     def collect_rollout(self) -> None:
         agent, rollout, gamma = self.agent, self.rollout, self.cfg["gamma"]
         # a trained memory is re-run in the update from the state the rollout starts from
@@ -254,7 +272,8 @@ class PPOTrainer:
             self.timers["act"] += time.perf_counter() - tick
 
             tick = time.perf_counter()
-            next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
+            next_obs, rewards, terminated, truncated, info = self._step_envs(
+                actions, lambda: rollout.add_inputs(t, obs, starts, out))
             self.timers["env"] += time.perf_counter() - tick
 
             dones = terminated | truncated
@@ -273,7 +292,7 @@ class PPOTrainer:
                     ).cpu().numpy()
                 scaled[bootstrap] += gamma * final_values[bootstrap]
                 self.timers["act"] += time.perf_counter() - tick
-            rollout.add(t, obs, starts, out, self._to_tensor(scaled), self._to_tensor(dones))
+            rollout.add_outcome(t, self._to_tensor(scaled), self._to_tensor(dones))
             self.obs, self.episode_start = next_obs, dones
             self.step += self.n_envs
             if self.stop_requested:
