@@ -74,11 +74,9 @@ class CapturedStep:
         if not self.encoder_inside:
             self._encode_outside()
         with torch.no_grad():
-            if self.graph is not None:
-                self.graph.replay()
-                out, inputs, extra = self._outputs
-            elif self.capture and self.calls >= WARMUP_STEPS:
+            if self.capture and self.graph is None and self.calls >= WARMUP_STEPS:
                 self._capture()
+            if self.graph is not None:
                 self.graph.replay()
                 out, inputs, extra = self._outputs
             elif self.capture:
