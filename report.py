@@ -19,6 +19,9 @@ holds, per model:
   steps until its mean return first reaches each of ``--levels`` (default: 50%, 80% and 90% of
   the best model's final mean return).
 
+Runs of one model whose settings differ (a sweep's ``--grid``, a declared variant) are reported
+side by side under names that carry those settings, e.g. ``Impala-PPO (ent_coef=0.01)``.
+
 ``DIR/report.md`` is for reading, ``DIR/report.json`` holds the same numbers and the runs used.
 Bootstraps use a fixed seed, so the same runs always give the same report. Returns are not
 normalised across envs, so every statistic is computed per env, never pooled over envs. The report
@@ -74,6 +77,10 @@ class Run:
     scalars: dict[str, Curve]
     config: dict[str, Any]
     runtime: list[dict[str, Any]]  # where each start or resume ran (runtime.json), [] when not recorded
+    name: str = ""  # what the report calls it: the model, plus settings where runs of the model differ
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.model
 
     @property
     def where(self) -> str:
@@ -256,11 +263,16 @@ def read_runtime(run_dir: Path) -> list[dict[str, Any]]:
     return [s for s in segments if isinstance(s, dict)] if isinstance(segments, list) else []
 
 
+def base_model(name: str) -> str:
+    """The model of a reported name: "Impala-PPO (ent_coef=0.01)" -> "Impala-PPO"."""
+    return name.split(" (", 1)[0]
+
+
 def model_kind(model: str) -> int | None:
     """The rank of the model's kind in the registry (frozen LM 2, trained memory 1, none 0); None if unknown."""
     from models.registry import KINDS, MODELS
 
-    spec = MODELS.get(model)
+    spec = MODELS.get(base_model(model))
     return KINDS[spec.kind] if spec is not None else None
 
 
@@ -269,8 +281,8 @@ def model_rank(model: str) -> tuple[int, int, str]:
     kind), then models the registry does not know, by name."""
     from models.registry import MODELS
 
-    kind = model_kind(model)
-    return (-(kind if kind is not None else -1), list(MODELS).index(model) if model in MODELS else 0, model)
+    kind, base = model_kind(model), base_model(model)
+    return (-(kind if kind is not None else -1), list(MODELS).index(base) if base in MODELS else 0, model)
 
 
 def comparisons(models: Iterable[str]) -> list[tuple[str, str]]:
@@ -303,11 +315,33 @@ def settings_used(runs: list[Run]) -> dict[str, Any]:
     return out
 
 
+def format_setting(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def name_variants(runs: list[Run]) -> None:
+    """Name runs of one model (same env and budget) by the settings in which they differ.
+
+    A sweep's --grid, or a declared variant such as a larger ent_coef, gives runs of one model
+    different settings; pooling them would average away what the sweep asked. They are reported
+    side by side instead, e.g. "Impala-PPO (ent_coef=0.001)" and "Impala-PPO (ent_coef=0.01)".
+    A key an older run's config lacks counts as its default (the behaviour that run had).
+    """
+    from utils.config import defaults
+
+    full = [{**defaults(), **r.config} for r in runs]
+    keys = sorted(k for k in set().union(*full) - set(NOT_SETTINGS) - {"n_steps"}
+                  if len({json.dumps(c.get(k), sort_keys=True) for c in full}) > 1)
+    for run, cfg in zip(runs, full):
+        run.name = f"{run.model} ({', '.join(f'{k}={format_setting(cfg.get(k))}' for k in keys)})" if keys else run.model
+
+
 def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
-    """group -> model -> runs; a group is an env and a step budget.
+    """group -> name -> runs; a group is an env and a step budget, a name a model and its settings.
 
     Runs with different budgets are not comparable (a longer run has more time to learn), so an
     env whose runs had several budgets is reported once per budget, as "<env> (<n> steps)".
+    Runs of one model with different settings are reported apart (`name_variants`).
     """
     by_env: dict[str, dict[int, list[Run]]] = {}
     for run in runs:
@@ -316,8 +350,13 @@ def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
     for env, budgets in by_env.items():
         for budget, of_budget in sorted(budgets.items()):
             label = env if len(budgets) == 1 else f"{env} ({budget:,} steps)"
+            by_model: dict[str, list[Run]] = {}
             for run in of_budget:
-                groups.setdefault(label, {}).setdefault(run.model, []).append(run)
+                by_model.setdefault(run.model, []).append(run)
+            for model_runs in by_model.values():
+                name_variants(model_runs)
+                for run in model_runs:
+                    groups.setdefault(label, {}).setdefault(run.name, []).append(run)
     return groups
 
 
@@ -812,7 +851,8 @@ def build_report(paths: Iterable[str | Path], out_dir: str | Path, metric_steps:
         "reps": reps,
         "seed": SEED,
         "confidence": CONFIDENCE,
-        "runs": [{"path": os.path.relpath(r.path, out_dir), "env": r.env, "model": r.model, "seed": r.seed, "n_steps": r.budget,
+        "runs": [{"path": os.path.relpath(r.path, out_dir), "env": r.env, "model": r.model, "name": r.name,
+                  "seed": r.seed, "n_steps": r.budget,
                   "last_step": r.last_step, "ran_on": r.where, "final": {m: r.final(m) for m in METRICS}}
                  for r in runs],
         "envs": {},

@@ -15,12 +15,12 @@ REPS = ["--reps", "200", "--metric-steps", "21"]
 
 
 def write_run(run_dir: Path, model: str, seed: int, final_return: float, final_success: float,
-              last_step: int = BUDGET, budget: int = BUDGET, duplicate_last: bool = False) -> None:
+              last_step: int = BUDGET, budget: int = BUDGET, duplicate_last: bool = False, **settings) -> None:
     """A run like main.py writes one: config.json plus rising curves logged every LOG_EVERY steps."""
     from torch.utils.tensorboard import SummaryWriter
 
     run_dir.mkdir(parents=True)
-    config = {"env": ENV, "model": model, "seed": seed, "n_steps": budget, "n_envs": 2}
+    config = {"env": ENV, "model": model, "seed": seed, "n_steps": budget, "n_envs": 2, **settings}
     (run_dir / "config.json").write_text(json.dumps(config))
     writer = SummaryWriter(str(run_dir))
     for step in range(LOG_EVERY, last_step + 1, LOG_EVERY):
@@ -142,6 +142,25 @@ def test_mixed_budgets_in_one_env_are_reported_per_budget(tmp_path, capsys):
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert sorted(data["envs"]) == [f"{ENV} (1,000 steps)", f"{ENV} (500 steps)"]
     assert list(data["envs"][f"{ENV} (500 steps)"]["models"]) == ["CNN-PPO"]
+
+
+def test_runs_of_one_model_with_different_settings_are_reported_apart(tmp_path):
+    """A declared variant (or a sweep's --grid) is its own line, named by the settings that differ;
+    a key an older config lacks counts as its default, so it splits nothing."""
+    for seed in (1, 2):
+        write_run(tmp_path / "Impala-PPO" / ENV / f"paper-seed{seed}", "Impala-PPO", seed, 0.5, 0.5, ent_coef=0.001)
+        write_run(tmp_path / "Impala-PPO" / ENV / f"ent-seed{seed}", "Impala-PPO", seed, 0.9, 0.95, ent_coef=0.01,
+                  cuda_graph=False)  # the default: written by a newer version, the same behaviour
+        write_run(tmp_path / "CNN-PPO" / ENV / f"seed{seed}", "CNN-PPO", seed, 0.5, 0.5, torch_threads=seed)
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "out"), *REPS]) == 0
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    summary = data["envs"][ENV]
+    assert list(summary["models"]) == ["Impala-PPO (ent_coef=0.001)", "Impala-PPO (ent_coef=0.01)", "CNN-PPO"]
+    assert summary["models"]["Impala-PPO (ent_coef=0.01)"]["final"]["rollout/ep_rew_mean"]["iqm"]["point"] == pytest.approx(0.9)
+    assert {(r["model"], r["baseline"]) for r in summary["improvement"]} == {
+        ("Impala-PPO (ent_coef=0.001)", "CNN-PPO"), ("Impala-PPO (ent_coef=0.01)", "CNN-PPO")}
+    assert {r["name"] for r in data["runs"] if r["model"] == "CNN-PPO"} == {"CNN-PPO"}  # torch_threads is no setting
+    assert "| Impala-PPO (ent_coef=0.01) | 2 |" in report.results_table(data, ENV)
 
 
 def test_unwritable_out_is_a_user_error(fake_runs, tmp_path, capsys):
