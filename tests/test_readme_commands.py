@@ -1,11 +1,11 @@
 """Every shell command of the README runs as written, at a tiny scale, so the README cannot rot.
 
 The commands run in order, in a fresh folder that holds the project's scripts, `config.json`,
-`configs/` and the result configs (as a clone does), so that a command can use what an earlier
-one made (the run that `--resume` continues, the sweep that `report.py` reports). They are
-shrunk, never rewritten: `main.py` and `sweep.py` get tiny `--var`s after their own (the last
-one counts), a `--resume` a small `n_steps`, `eval.py` and `probe.py` a few episodes; `make`
-targets run as a dry run (`make -n`). `source` and `tensorboard` lines are not run.
+`configs/` and the result configs and probes (as a clone does), so that a command can use what
+an earlier one made (the run that `--resume` continues, the sweep that `report.py` reports).
+They are shrunk, never rewritten: `main.py` and `sweep.py` get tiny `--var`s after their own (the
+last one counts) and one seed, a `--resume` a small `n_steps`, `eval.py` and `probe.py` a few
+episodes; `make` targets run as a dry run (`make -n`). `source` and `tensorboard` lines are not run.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def shrink(command: str) -> list[str] | None:
     if script == "main.py" and "--resume" in args:
         args = [re.sub(r"^n_steps=.*", "n_steps=96", a) for a in args]
     elif script == "main.py" or (script == "sweep.py" and "--resume" not in args):
-        args = [*args, *TINY]
+        args = [*_set(args, "--seeds", "1"), *TINY]
     elif script == "eval.py":
         args = _set(args, "--n-episodes", "2")
     elif script == "probe.py":
@@ -68,10 +68,11 @@ def shrink(command: str) -> list[str] | None:
 def test_every_readme_command_runs(tmp_path):
     for script in (*SCRIPTS, "config.json", "configs"):
         (tmp_path / script).symlink_to(ROOT / script)
-    results = ROOT / "results" / "memory" / "configs"
-    if results.is_dir():
-        (tmp_path / "results" / "memory").mkdir(parents=True)
-        (tmp_path / "results" / "memory" / "configs").symlink_to(results)
+    for part in ("configs", "probes"):  # what the results' commands read (their reports are rewritten here)
+        results = ROOT / "results" / "memory" / part
+        if results.is_dir():
+            (tmp_path / "results" / "memory").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "results" / "memory" / part).symlink_to(results)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RAY_DEDUP_LOGS="0")
     commands = readme_commands()
     assert len(commands) >= 10
@@ -79,7 +80,7 @@ def test_every_readme_command_runs(tmp_path):
         argv = shrink(command)
         if argv is None:
             continue
-        if any(ch in " ".join(argv) for ch in "*?"):  # a glob: let the shell expand it, as a user's does
-            argv = ["bash", "-c", " ".join(shlex.quote(a) if "*" not in a else a for a in argv)]
+        if any(ch in " ".join(argv) for ch in "*?{"):  # a glob or braces: the shell expands them, as a user's does
+            argv = ["bash", "-c", " ".join(a if any(ch in a for ch in "*?{") else shlex.quote(a) for a in argv)]
         done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
