@@ -305,13 +305,18 @@ def max_mean_return(run: Run) -> float | None:
     return float(np.max(curve[1])) if curve is not None and len(curve[1]) else None
 
 
+def distinct_values(configs: list[dict[str, Any]], key: str) -> list[Any]:
+    """The different values `key` takes across `configs`, in order of appearance (missing: None)."""
+    return [json.loads(v) for v in dict.fromkeys(json.dumps(c.get(key), sort_keys=True) for c in configs)]
+
+
 def settings_used(runs: list[Run]) -> dict[str, Any]:
     """The config values the runs shared (a list where they differ), without run identity keys."""
-    keys = sorted({k for r in runs for k in r.config} - set(NOT_SETTINGS))
+    configs = [r.config for r in runs]
     out = {}
-    for key in keys:
-        values = list(dict.fromkeys(json.dumps(r.config.get(key), sort_keys=True) for r in runs))
-        out[key] = json.loads(values[0]) if len(values) == 1 else [json.loads(v) for v in values]
+    for key in sorted({k for c in configs for k in c} - set(NOT_SETTINGS)):
+        values = distinct_values(configs, key)
+        out[key] = values[0] if len(values) == 1 else values
     return out
 
 
@@ -330,10 +335,11 @@ def name_variants(runs: list[Run]) -> None:
     from utils.config import defaults
 
     full = [{**defaults(), **r.config} for r in runs]
-    keys = sorted(k for k in set().union(*full) - set(NOT_SETTINGS) - {"n_steps"}
-                  if len({json.dumps(c.get(k), sort_keys=True) for c in full}) > 1)
+    candidates = sorted(set().union(*full) - set(NOT_SETTINGS) - {"n_steps"})
+    keys = [k for k in candidates if len(distinct_values(full, k)) > 1]
     for run, cfg in zip(runs, full):
-        run.name = f"{run.model} ({', '.join(f'{k}={format_setting(cfg.get(k))}' for k in keys)})" if keys else run.model
+        settings = ", ".join(f"{k}={format_setting(cfg.get(k))}" for k in keys)
+        run.name = f"{run.model} ({settings})" if keys else run.model
 
 
 def group_runs(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:

@@ -38,6 +38,10 @@ def readme_commands() -> list[str]:
     return commands
 
 
+def expanded_by_shell(word: str) -> bool:
+    return any(ch in word for ch in "*?{")
+
+
 def _set(words: list[str], flag: str, value: str) -> list[str]:
     return [value if i and words[i - 1] == flag else w for i, w in enumerate(words)]
 
@@ -80,7 +84,7 @@ def test_every_readme_command_runs(tmp_path):
         argv = shrink(command)
         if argv is None:
             continue
-        if any(ch in " ".join(argv) for ch in "*?{"):  # a glob or braces: the shell expands them, as a user's does
-            argv = ["bash", "-c", " ".join(a if any(ch in a for ch in "*?{") else shlex.quote(a) for a in argv)]
+        if any(map(expanded_by_shell, argv)):  # a glob or braces: the shell expands them, as a user's does
+            argv = ["bash", "-c", " ".join(a if expanded_by_shell(a) else shlex.quote(a) for a in argv)]
         done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
