@@ -72,11 +72,13 @@ def shrink(command: str) -> list[str] | None:
 def test_every_readme_command_runs(tmp_path):
     for script in (*SCRIPTS, "config.json", "configs"):
         (tmp_path / script).symlink_to(ROOT / script)
-    for part in ("configs", "probes"):  # what the results' commands read (their reports are rewritten here)
-        results = ROOT / "results" / "memory" / part
-        if results.is_dir():
-            (tmp_path / "results" / "memory").mkdir(parents=True, exist_ok=True)
-            (tmp_path / "results" / "memory" / part).symlink_to(results)
+    # what the results' commands read (their reports are rewritten here): every configs/ and probes/
+    for part in sorted((ROOT / "results").rglob("*")):
+        names = part.relative_to(ROOT).parts
+        if part.is_dir() and names[-1] in ("configs", "probes") and not {"configs", "probes"} & set(names[:-1]):
+            link = tmp_path / part.relative_to(ROOT)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(part)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", RAY_DEDUP_LOGS="0")
     commands = readme_commands()
     assert len(commands) >= 10
