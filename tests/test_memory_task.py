@@ -14,9 +14,12 @@ import torch
 from conftest import run_main
 from tests.curves_helpers import final_success
 
+# Raw advantages (rewards are 0 or 1): once the task is solved they are near zero, and per-minibatch
+# normalisation blows that noise up to unit scale, so PPO drifts off the solution (HELM fell back to
+# chance in 2 of 4 seeds, the GRU in 3 of 4, some before learning, with the policy's entropy gone).
 BUDGET = [
     "--var", "env=CueRecall-D1-v0", "--var", "n_envs=16", "--var", "n_rollout_steps=24", "--var", "n_batches=4",
-    "--var", "learning_rate=1e-3", "--var", "ent_coef=0.01", "--var", "save_ckpt=0", "--var", "n_steps=4608", "--var", "n_epochs=3",
+    "--var", "learning_rate=1e-3", "--var", "ent_coef=0.01", "--var", "adv_norm=false", "--var", "save_ckpt=0", "--var", "n_steps=4608", "--var", "n_epochs=3",
 ]
 
 
@@ -47,11 +50,12 @@ def test_helm_remembers_the_cue(tiny_lm, experiments):
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["Impala-PPO", "GRU-PPO", "TrXL-PPO"])
 def test_trained_memories_remember_the_cue(model, experiments):
-    # twice the budget: a memory trained from scratch must first learn what to keep (the GRU is at
-    # 0.73 after 4,608 steps); --var given twice: the last one counts. The transformer takes a
-    # smaller step: at lr 1e-3 its updates' KL jumps to 0.3-0.5 and it forgets the task it had
-    # solved (0.51 at the end), at 3e-4 it holds it (0.99-1.0 from 5k steps on).
-    lr = ["--var", "learning_rate=3e-4"] if model == "TrXL-PPO" else []
+    # twice the budget (--var given twice: the last one counts): a memory trained from scratch must
+    # first learn what to keep. The transformer
+    # needs the normalised step to leave chance in time (raw advantages: 2 of 4 seeds still at chance
+    # after 9k steps), and a smaller one than 1e-3, where its updates' KL jumps to 0.3-0.5 and it
+    # forgets what it had solved; with 3e-4 and normalised advantages 4 of 4 seeds reach 1.0.
+    lr = ["--var", "learning_rate=3e-4", "--var", "adv_norm=true"] if model == "TrXL-PPO" else []
     assert _train(model, experiments, "--var", "n_steps=9216", *lr) >= 0.75
 
 
