@@ -51,10 +51,10 @@ def test_helm_remembers_the_cue(tiny_lm, experiments):
 @pytest.mark.parametrize("model", ["Impala-PPO", "GRU-PPO", "TrXL-PPO"])
 def test_trained_memories_remember_the_cue(model, experiments):
     # twice the budget (--var given twice: the last one counts): a memory trained from scratch must
-    # first learn what to keep. The transformer
-    # needs the normalised step to leave chance in time (raw advantages: 2 of 4 seeds still at chance
-    # after 9k steps), and a smaller one than 1e-3, where its updates' KL jumps to 0.3-0.5 and it
-    # forgets what it had solved; with 3e-4 and normalised advantages 4 of 4 seeds reach 1.0.
+    # first learn what to keep. The transformer needs the normalised step to leave chance in time
+    # (raw advantages: 2 of 4 seeds still at chance after 9k steps), and a smaller one than 1e-3,
+    # where its updates' KL jumps to 0.3-0.5 and it forgets what it had solved; with 3e-4 and
+    # normalised advantages 4 of 4 seeds reach 1.0.
     lr = ["--var", "learning_rate=3e-4", "--var", "adv_norm=true"] if model == "TrXL-PPO" else []
     assert _train(model, experiments, "--var", "n_steps=9216", *lr) >= 0.75
 
