@@ -721,30 +721,39 @@ def results_table(report: dict[str, Any], env: str) -> str:
     """The README's results table of one env, rendered from report.json (a test keeps the two equal).
 
     Per model: runs, final return and success rate (IQM [95% CI]), mean return over training (IQM
-    [95% CI]) and env steps to each return level (mean over the runs that reached it). Then the
-    probability of improvement of every model over every simpler one, on both measures.
+    [95% CI]) and env steps to each return level (mean over the runs that reached it). On POPGym the
+    paper's MMER replaces success and the levels: its returns are scaled to [-1, 1], so "ends on a
+    positive reward" and fractions of the best return mean nothing there. Then the probability of
+    improvement of every model over every simpler one, on both measures.
     """
     summary = report["envs"][env]
     eff = summary["efficiency"]
-    levels = " / ".join(f"{level:g}" for level in eff["levels"]) or "(no positive return: no levels)"
     popgym = env.startswith("popgym-")
-    lines = [f"| model | runs | final return, IQM [95% CI] | success, IQM | mean return over training, IQM [95% CI] "
-             f"| env steps to a {levels} return (mean over runs that got there) |" + (" MMER, IQM [95% CI] |" if popgym else ""),
-             "|---|---|---|---|---|---|" + ("---|" if popgym else "")]
+    levels = " / ".join(f"{level:g}" for level in eff["levels"]) or "(no positive return: no levels)"
+    over_training = "mean return over training, IQM [95% CI]"
+    header = ["model", "runs", "final return, IQM [95% CI]"] + (
+        [over_training, "MMER, IQM [95% CI]"] if popgym
+        else ["success, IQM", over_training, f"env steps to a {levels} return (mean over runs that got there)"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, stats in summary["models"].items():
         final, success = stats["final"]["rollout/ep_rew_mean"], stats["final"]["rollout/success_rate"]
         auc = eff["models"].get(model)
-        reached = []
-        for i in range(len(eff["levels"])):
-            steps = [row["steps"][i] for row in eff["steps_to_level"][model] if row["steps"][i] is not None]
-            missing = stats["runs"] - len(steps)
-            text = f"{np.mean(steps) / 1000:.0f}k" if steps else "never"
-            reached.append(text + (f" ({missing} never)" if steps and missing else ""))
-        mmer = stats.get("mmer")
-        extra = (f" {format_interval(mmer['iqm'])} |" if mmer else " – |") if popgym else ""
-        lines.append(f"| {model} | {stats['runs']} | {format_interval(final['iqm']) if final else '–'} "
-                     f"| {success['iqm']['point']:.0%} | {format_interval(auc['iqm']) if auc else '–'} | {' / '.join(reached)} |{extra}"
-                     if success else f"| {model} | {stats['runs']} | – | – | – | – |{extra}")
+        if popgym:
+            mmer = stats.get("mmer")
+            cells = [format_interval(final["iqm"]) if final else "–", format_interval(auc["iqm"]) if auc else "–",
+                     format_interval(mmer["iqm"]) if mmer else "–"]
+        elif not success:
+            cells = ["–"] * 4
+        else:
+            reached = []
+            for i in range(len(eff["levels"])):
+                steps = [row["steps"][i] for row in eff["steps_to_level"][model] if row["steps"][i] is not None]
+                missing = stats["runs"] - len(steps)
+                text = f"{np.mean(steps) / 1000:.0f}k" if steps else "never"
+                reached.append(text + (f" ({missing} never)" if steps and missing else ""))
+            cells = [format_interval(final["iqm"]) if final else "–", f"{success['iqm']['point']:.0%}",
+                     format_interval(auc["iqm"]) if auc else "–", " / ".join(reached)]
+        lines.append(f"| {model} | {stats['runs']} | " + " | ".join(cells) + " |")
     rows = {(r["model"], r["baseline"]): r for r in eff["improvement"]}
     final_rows = {(r["model"], r["baseline"]): r for r in summary["improvement"] if r["metric"] == "rollout/ep_rew_mean"}
     if final_rows:

@@ -107,3 +107,6 @@ def test_the_report_gives_popgyms_mmer(tmp_path):
     stats = data["envs"]["popgym-RepeatPreviousEasy-v0"]["models"]["MLP-PPO"]
     assert stats["mmer"]["n"] == 2 and stats["mmer"]["iqm"]["point"] >= stats["final"]["rollout/ep_rew_mean"]["iqm"]["point"] - 1e-9
     assert "MMER" in (tmp_path / "report" / "report.md").read_text()
+    # the README's table: POPGym's MMER in place of success and return levels, which mean nothing on [-1, 1]
+    header = report.results_table(data, "popgym-RepeatPreviousEasy-v0").splitlines()[0]
+    assert "MMER" in header and "success" not in header and "env steps to" not in header
