@@ -737,11 +737,10 @@ def results_table(report: dict[str, Any], env: str) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model, stats in summary["models"].items():
         final, success = stats["final"]["rollout/ep_rew_mean"], stats["final"]["rollout/success_rate"]
-        auc = eff["models"].get(model)
+        auc, mmer = eff["models"].get(model), stats.get("mmer")
+        final_cell, auc_cell = (format_interval(x["iqm"]) if x else "–" for x in (final, auc))
         if popgym:
-            mmer = stats.get("mmer")
-            cells = [format_interval(final["iqm"]) if final else "–", format_interval(auc["iqm"]) if auc else "–",
-                     format_interval(mmer["iqm"]) if mmer else "–"]
+            cells = [final_cell, auc_cell, format_interval(mmer["iqm"]) if mmer else "–"]
         elif not success:
             cells = ["–"] * 4
         else:
@@ -751,8 +750,7 @@ def results_table(report: dict[str, Any], env: str) -> str:
                 missing = stats["runs"] - len(steps)
                 text = f"{np.mean(steps) / 1000:.0f}k" if steps else "never"
                 reached.append(text + (f" ({missing} never)" if steps and missing else ""))
-            cells = [format_interval(final["iqm"]) if final else "–", f"{success['iqm']['point']:.0%}",
-                     format_interval(auc["iqm"]) if auc else "–", " / ".join(reached)]
+            cells = [final_cell, f"{success['iqm']['point']:.0%}", auc_cell, " / ".join(reached)]
         lines.append(f"| {model} | {stats['runs']} | " + " | ".join(cells) + " |")
     rows = {(r["model"], r["baseline"]): r for r in eff["improvement"]}
     final_rows = {(r["model"], r["baseline"]): r for r in summary["improvement"] if r["metric"] == "rollout/ep_rew_mean"}
