@@ -149,6 +149,27 @@ def test_gtrxl_attends_within_its_window_only():
     torch.testing.assert_close(a[4:], b[4:], atol=1e-6, rtol=0)  # one layer: step 4 on does not
 
 
+def test_gtrxl_chunked_scan_is_one_pass_over_the_segment():
+    """`scan` runs mem_len steps at a time; outputs, state and gradients equal one pass over all T."""
+    torch.manual_seed(0)
+    memory = GatedTransformerXL(8, dim=16, layers=2, heads=2, mem_len=4)
+    xs, starts = sequence(8), episode_starts()
+    _, state = loop(memory, sequence(8, seed=1)[:5], memory.initial_state(B), episode_starts()[:5])
+    state = {key: value.detach() for key, value in state.items()}
+    results = []
+    for scan in (memory.scan, memory._scan_chunk):  # chunks of 4 vs one pass over T = 14
+        memory.zero_grad()
+        ys, after = scan(xs, state, starts)
+        (ys.square().mean() + after["mems"].sum()).backward()
+        results.append((ys.detach(), after, [p.grad.clone() for p in memory.parameters()]))
+    (chunked, after_chunked, grads_chunked), (whole, after_whole, grads_whole) = results
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(after_chunked["mems"], after_whole["mems"], atol=1e-5, rtol=0)
+    assert torch.equal(after_chunked["valid"], after_whole["valid"])
+    for a, b in zip(grads_chunked, grads_whole):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_gtrxl_gates_start_close_to_the_identity():
     torch.manual_seed(0)
     memory = GatedTransformerXL(8, dim=8, layers=3, heads=2, mem_len=4)
