@@ -24,21 +24,29 @@ def frame_key(frame: np.ndarray) -> bytes:
 
 
 class FrameCache:
-    """Feature rows by frame, at most `capacity` of them, least recently used evicted first."""
+    """Feature rows by frame, at most `capacity` of them, least recently used evicted first.
+
+    The rows live in one table of slots (grown by doubling up to `capacity`), not one small tensor
+    each: on envs whose frames never repeat (POPGym's continuous observations) a tensor per row,
+    allocated between a step's large temporaries, fragmented the heap until the process held
+    ~400 KB per cached row (16 GB, then the OOM killer, within one HELM run).
+    """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
             raise ValueError(f"cache capacity must be >= 0, got {capacity}")
         self.capacity = capacity
-        self._rows: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._slots: OrderedDict[bytes, int] = OrderedDict()  # frame key -> its row of the table
+        self._table: torch.Tensor | None = None
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._slots)
 
     def clear(self) -> None:
-        self._rows.clear()
+        self._slots.clear()
+        self._table = None
 
     def reset_stats(self) -> None:
         self.hits = self.misses = 0
@@ -48,7 +56,7 @@ class FrameCache:
         return self.hits / total if total else 0.0
 
     def interval_log(self, prefix: str) -> dict[str, float]:
-        """`<prefix>/cache_hit_rate` since the previous call and `<prefix>/cache_entries`, for TensorBoard."""
+        """`<prefix>/cache_entries` and `<prefix>/cache_hit_rate` since the previous call, for TensorBoard."""
         last_hits, last_misses = getattr(self, "_logged", (0, 0))
         hits, misses = self.hits - last_hits, self.misses - last_misses
         self._logged = (self.hits, self.misses)
@@ -61,17 +69,21 @@ class FrameCache:
         """One feature row per frame; `compute(indices)` is called once, on the distinct misses only.
 
         A frame repeated within the batch is computed once (and counted as a hit after its first
-        occurrence). Cached rows are the very values `compute` returned the first time.
+        occurrence). Cached rows are the very values `compute` returned the first time; the rows
+        returned are copies, which later lookups never change.
         """
         keys = [frame_key(frames[i]) for i in range(len(frames))]
         rows: list[torch.Tensor | None] = [None] * len(keys)
+        hit_at: list[int] = []  # frame indices found in the table, and their slots
+        hit_slots: list[int] = []
         first_miss: dict[bytes, int] = {}  # key -> position among the computed rows
         to_compute: list[int] = []
         for i, key in enumerate(keys):
-            cached = self._rows.get(key)
-            if cached is not None:
-                self._rows.move_to_end(key)
-                rows[i] = cached
+            slot = self._slots.get(key)
+            if slot is not None:
+                self._slots.move_to_end(key)
+                hit_at.append(i)
+                hit_slots.append(slot)
                 self.hits += 1
             elif key in first_miss:
                 self.hits += 1
@@ -79,15 +91,35 @@ class FrameCache:
                 first_miss[key] = len(to_compute)
                 to_compute.append(i)
                 self.misses += 1
+        if hit_at:  # read before this call's new rows can take any slot
+            found = self._table[torch.as_tensor(hit_slots, device=self._table.device)]
+            for n, i in enumerate(hit_at):
+                rows[i] = found[n]
         if to_compute:
             new = compute(to_compute)
-            for key, j in first_miss.items():
-                # clone: a view would pin the whole batch's storage for as long as one row lives
-                if self.capacity:
-                    self._rows[key] = new[j].clone()
             for i, key in enumerate(keys):
                 if rows[i] is None:
                     rows[i] = new[first_miss[key]]
-            while len(self._rows) > self.capacity:
-                self._rows.popitem(last=False)
+            if self.capacity:
+                self._store(first_miss, new)
         return rows  # type: ignore[return-value]
+
+    def _store(self, first_miss: dict[bytes, int], new: torch.Tensor) -> None:
+        """Put the computed rows in free slots, or in those of the least recently used frames."""
+        written: dict[int, int] = {}  # slot -> row of `new` (a later row wins a slot reused in this call)
+        for key, j in first_miss.items():
+            if len(self._slots) < self.capacity:
+                slot = len(self._slots)
+            else:
+                _, slot = self._slots.popitem(last=False)
+            self._slots[key] = slot
+            written[slot] = j
+        needed = max(written) + 1
+        if self._table is None or self._table.shape[0] < needed:
+            rows = min(self.capacity, max(needed, 2 * (0 if self._table is None else self._table.shape[0]), 1024))
+            table = new.new_empty((rows, *new.shape[1:]))
+            if self._table is not None:
+                table[:self._table.shape[0]] = self._table
+            self._table = table
+        slots = torch.as_tensor(list(written), device=new.device)
+        self._table[slots] = new[torch.as_tensor(list(written.values()), device=new.device)].detach()
