@@ -121,7 +121,7 @@ class GatedTransformerXL(Memory):
                 "valid": torch.zeros(n, self.mem_len, dtype=torch.bool, device=weight.device)}
 
     def step(self, x: torch.Tensor, state: State, starts: torch.Tensor) -> tuple[torch.Tensor, State]:
-        ys, state = self.scan(x[None], state, starts[None])
+        ys, state = self._scan_chunk(x[None], state, starts[None])  # one step: no chunking to do
         return ys[0], state
 
     def scan(self, xs: torch.Tensor, state: State, starts: torch.Tensor) -> tuple[torch.Tensor, State]:
@@ -129,7 +129,7 @@ class GatedTransformerXL(Memory):
 
         Runs in chunks of `mem_len` steps, each from the state the chunk before left (with its
         gradients): a position sees only the `mem_len` before it, so this is the same function as
-        one pass over the segment, at O(T * mem_len) attention instead of O(T^2) (8x faster on a
+        one pass over the segment, at O(T * mem_len) attention instead of O(T^2) (6x faster on a
         1024-step segment with mem_len 64).
         """
         outputs = []
